@@ -1,0 +1,155 @@
+"""Reading datasets: the station layout, MVTec AD and KolektorSDD2, into one in-memory description.
+
+Station layout (../shared/datasets/README.md):
+    <root>/{train,test}/good/*.png|jpg...   <root>/{train,test}/defect/*   <root>/{train,test}/masks/<stem>.png
+MVTec AD:
+    <root>/train/good/*   <root>/test/<type>/*   <root>/ground_truth/<type>/<stem>_mask.png
+KolektorSDD2:
+    <root>/{train,test}/<id>.png  with  <root>/{train,test}/<id>_GT.png  (an all-zero GT = good image)
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from core.data.images import IMAGE_SUFFIXES, ImageError, read_image, read_mask
+
+Split = Literal["train", "test"]
+
+
+class DatasetError(ValueError):
+    """A dataset folder cannot be used; the message names the folder or file and the reason."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset. label: 0 good (OK), 1 defect (NG). mask_path: None when not segmented."""
+
+    image_path: Path
+    label: int
+    mask_path: Path | None = None
+    defect_type: str = ""
+
+    @property
+    def is_segmented(self) -> bool:
+        return self.mask_path is not None
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image, mask): mask is bool (H, W); all False for good images; None for unsegmented defects."""
+        image = read_image(self.image_path)
+        if self.mask_path is not None:
+            return image, read_mask(self.mask_path, image.shape[:2])
+        if self.label == 0:
+            return image, np.zeros(image.shape[:2], dtype=bool)
+        return image, None
+
+
+@dataclass
+class Dataset:
+    root: Path
+    layout: str
+    train: list[Sample] = field(default_factory=list)
+    test: list[Sample] = field(default_factory=list)
+
+    def split(self, name: Split) -> list[Sample]:
+        if name not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', not {name!r}")
+        return self.train if name == "train" else self.test
+
+    def counts(self, name: Split) -> dict[str, int]:
+        samples = self.split(name)
+        return {"good": sum(s.label == 0 for s in samples), "defect": sum(s.label == 1 for s in samples),
+                "segmented": sum(s.label == 1 and s.is_segmented for s in samples)}
+
+    def content_hash(self) -> str:
+        """sha256 over every file's relative path, label and bytes: identifies exactly what was trained on."""
+        digest = hashlib.sha256()
+        for sample in sorted(self.train + self.test, key=lambda s: str(s.image_path)):
+            for path in (sample.image_path, sample.mask_path):
+                if path is None:
+                    continue
+                digest.update(str(path.relative_to(self.root)).encode())
+                digest.update(str(sample.label).encode())
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+
+def open_dataset(root: str | Path, *, require_test: bool = True) -> Dataset:
+    """Detect the layout of ``root`` and list its samples; raises DatasetError naming what is wrong."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    if (root / "ground_truth").is_dir():
+        dataset = _read_mvtec(root)
+    elif (root / "train" / "good").is_dir() or (root / "train" / "defect").is_dir():
+        dataset = _read_station(root)
+    elif (root / "train").is_dir() and any(p.stem.endswith("_GT") for p in (root / "train").iterdir()):
+        dataset = _read_ksdd2(root)
+    else:
+        raise DatasetError(f"{root}: not a dataset: expected train/good and train/defect (station layout), "
+                           "ground_truth/ (MVTec AD) or train/<id>_GT.png (KolektorSDD2)")
+    if not dataset.train:
+        raise DatasetError(f"{root}: the train split holds no images")
+    if require_test and not dataset.test:
+        raise DatasetError(f"{root}: the test split is missing or holds no images")
+    return dataset
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted; [] when the folder does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_station(root: Path) -> Dataset:
+    dataset = Dataset(root=root, layout="station")
+    for split in ("train", "test"):
+        base = root / split
+        if not base.is_dir():
+            continue
+        masks = {p.stem: p for p in list_images(base / "masks")}
+        good = [Sample(p, 0) for p in list_images(base / "good")]
+        defect = [Sample(p, 1, masks.get(p.stem), p.stem.split("_")[0]) for p in list_images(base / "defect")]
+        orphan = set(masks) - {p.image_path.stem for p in defect}
+        if orphan:
+            raise DatasetError(f"{base / 'masks'}: masks without a defect image: {sorted(orphan)[:5]}")
+        if (base / "good").is_dir() and not good and (base / "defect").is_dir() and not defect:
+            raise DatasetError(f"{base}: good/ and defect/ are both empty")
+        dataset.split(split).extend(good + defect)
+    return dataset
+
+
+def _read_mvtec(root: Path) -> Dataset:
+    dataset = Dataset(root=root, layout="mvtec")
+    dataset.train.extend(Sample(p, 0) for p in list_images(root / "train" / "good"))
+    test_dir = root / "test"
+    for type_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []:
+        for path in list_images(type_dir):
+            if type_dir.name == "good":
+                dataset.test.append(Sample(path, 0))
+                continue
+            mask = root / "ground_truth" / type_dir.name / f"{path.stem}_mask.png"
+            dataset.test.append(Sample(path, 1, mask if mask.is_file() else None, type_dir.name))
+    return dataset
+
+
+def _read_ksdd2(root: Path) -> Dataset:
+    dataset = Dataset(root=root, layout="ksdd2")
+    for split in ("train", "test"):
+        for path in list_images(root / split):
+            if path.stem.endswith("_GT"):
+                continue
+            gt = path.with_name(f"{path.stem}_GT.png")
+            if not gt.is_file():
+                raise DatasetError(f"{path}: KolektorSDD2 image without its {gt.name}")
+            try:
+                defective = bool(read_mask(gt).any())
+            except ImageError as exc:
+                raise DatasetError(str(exc)) from exc
+            dataset.split(split).append(Sample(path, int(defective), gt if defective else None))
+    return dataset

@@ -1,0 +1,73 @@
+"""Choosing thresholds from scored images: image-level OK/NG thresholds and the pixel threshold."""
+from __future__ import annotations
+
+import numpy as np
+
+from core.inference.result import Thresholds
+
+
+class CalibrationError(ValueError):
+    """Thresholds cannot be derived from the data given (e.g. no defective images at all)."""
+
+
+def image_thresholds(scores: np.ndarray, labels: np.ndarray, *, miss_rate: float = 0.01,
+                     false_alarm_rate: float = 0.01) -> tuple[float, float]:
+    """(ok, ng) from scores (N,) and labels (N,) in {0, 1}.
+
+    ng: the smallest threshold that keeps false alarms (good images at or above it) within
+    ``false_alarm_rate``; ok: the largest threshold that keeps misses (defects below it) within
+    ``miss_rate``, never above ng. Scores in [ok, ng) go to REVIEW. Without defective images only ng can be
+    derived from the good ones, and ok = ng (no REVIEW band is invented).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    if scores.shape != labels.shape or scores.ndim != 1:
+        raise CalibrationError("scores and labels must be 1-D arrays of the same length")
+    good, bad = scores[~labels], scores[labels]
+    if good.size == 0:
+        raise CalibrationError("no good (OK) images to calibrate on")
+    ng = float(np.quantile(good, 1.0 - false_alarm_rate, method="higher"))
+    ng = float(np.nextafter(ng, np.inf)) if ng < 1.0 else 1.0
+    if bad.size == 0:
+        return ng, ng
+    ok = float(np.quantile(bad, miss_rate, method="lower"))
+    return float(np.clip(min(ok, ng), 0.0, 1.0)), float(np.clip(ng, 0.0, 1.0))
+
+
+def pixel_threshold(maps: list[np.ndarray], masks: list[np.ndarray | None], *, good_quantile: float = 0.999,
+                    max_pixels: int = 2_000_000, seed: int = 0) -> float:
+    """Pixel threshold from anomaly maps and their masks (bool, same shape; None = unknown).
+
+    With defect masks: the value that maximises the F1 of defect pixels over the pooled pixels (a proxy for
+    IoU that also penalises false alarms on good images). Without any mask with defect pixels: the
+    ``good_quantile`` of the good images' map values.
+    """
+    values, truth = [], []
+    for amap, mask in zip(maps, masks):
+        if mask is None:
+            continue
+        values.append(np.asarray(amap, dtype=np.float32).ravel())
+        truth.append(np.asarray(mask, dtype=bool).ravel())
+    if not values:
+        raise CalibrationError("no maps with known masks to calibrate the pixel threshold on")
+    v, t = np.concatenate(values), np.concatenate(truth)
+    if v.size > max_pixels:
+        pick = np.random.default_rng(seed).choice(v.size, size=max_pixels, replace=False)
+        v, t = v[pick], t[pick]
+    if not t.any():
+        return float(np.quantile(v, good_quantile))
+    order = np.argsort(-v, kind="stable")
+    v_sorted, t_sorted = v[order], t[order]
+    true_pos = np.cumsum(t_sorted)
+    predicted = np.arange(1, v.size + 1)
+    f1 = 2 * true_pos / (predicted + t.sum())
+    # only cut between distinct values
+    distinct = np.r_[v_sorted[1:] != v_sorted[:-1], True]
+    best = int(np.argmax(np.where(distinct, f1, -1.0)))
+    return float(v_sorted[best])
+
+
+def calibrate(scores: np.ndarray, labels: np.ndarray, maps: list[np.ndarray],
+              masks: list[np.ndarray | None]) -> Thresholds:
+    ok, ng = image_thresholds(scores, labels)
+    return Thresholds(ok=ok, ng=ng, pixel=pixel_threshold(maps, masks))

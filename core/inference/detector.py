@@ -1,0 +1,101 @@
+"""Detector: a loaded model package that predicts Results for station images, on CPU or GPU.
+
+Family-agnostic: pre-processing (resize to the package's input size, grey -> RGB, normalise),
+batching, the family's network, and post-processing (map back to each image's size, mask, verdict).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from core.data.images import to_rgb_float
+from core.inference.package import LoadedPackage, load_package
+from core.inference.result import Result, Thresholds
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> cuda when available, else cpu. "cuda" without a GPU is an error, said plainly."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA GPU on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+    return torch.device(device)
+
+
+class Detector:
+    """Predicts defects with one model package.
+
+    predict(images) -> list[Result]; images are station images ((H, W) or (H, W, 3), uint8/uint16),
+    each may have its own size.
+    """
+
+    def __init__(self, package: LoadedPackage, device: str = "auto", half: bool = False,
+                 thresholds: Thresholds | None = None) -> None:
+        self.package = package
+        self.device = resolve_device(device)
+        self.half = bool(half and self.device.type == "cuda")
+        self.network = package.network.to(self.device)
+        if self.half:
+            self.network = self.network.half()
+        self.network.eval()
+        self.thresholds = thresholds or package.thresholds
+        norm = package.meta["normalisation"]
+        self._mean = np.asarray(norm["mean"], dtype=np.float32)
+        self._std = np.asarray(norm["std"], dtype=np.float32)
+        self.input_size = package.input_size  # (H, W)
+
+    @classmethod
+    def load(cls, package_dir: str | Path, device: str = "auto", half: bool = False) -> "Detector":
+        return cls(load_package(package_dir), device=device, half=half)
+
+    @property
+    def family(self) -> str:
+        return self.package.meta["family"]
+
+    @property
+    def name(self) -> str:
+        return self.package.path.name
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Station images -> (N, 3, H, W) float32 normalised tensor on the detector's device."""
+        height, width = self.input_size
+        batch = np.empty((len(images), height, width, 3), dtype=np.float32)
+        for index, image in enumerate(images):
+            resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            batch[index] = (to_rgb_float(resized) - self._mean) / self._std
+        tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
+        return tensor.half() if self.half else tensor
+
+    @torch.inference_mode()
+    def infer(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs at the network's input size: scores (N,) and maps (N, H, W), float32 numpy."""
+        if len(images) == 0:
+            return np.zeros(0, np.float32), np.zeros((0, *self.input_size), np.float32)
+        maps, scores = self.network(self.preprocess(images))
+        return (scores.float().cpu().numpy().reshape(-1),
+                maps.float().cpu().numpy().reshape(len(images), *self.input_size))
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Result]:
+        scores, maps = self.infer(images)
+        results = []
+        for image, score, small_map in zip(images, scores, maps):
+            full_map = cv2.resize(small_map, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            score = float(np.clip(score, 0.0, 1.0))
+            results.append(Result(score=score, anomaly_map=full_map.astype(np.float32, copy=False),
+                                  mask=full_map >= self.thresholds.pixel, verdict=self.thresholds.verdict(score)))
+        return results
+
+    def timed_predict(self, images: Sequence[np.ndarray]) -> tuple[list[Result], float]:
+        """predict() and its wall time in milliseconds (synchronised on GPU)."""
+        start = time.perf_counter()
+        results = self.predict(images)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return results, (time.perf_counter() - start) * 1000.0
