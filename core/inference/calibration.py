@@ -16,7 +16,8 @@ def image_thresholds(scores: np.ndarray, labels: np.ndarray, *, miss_rate: float
 
     ng: the smallest threshold that keeps false alarms (good images at or above it) within
     ``false_alarm_rate``; ok: the largest threshold that keeps misses (defects below it) within
-    ``miss_rate``, never above ng. Scores in [ok, ng) go to REVIEW. Without defective images only ng can be
+    ``miss_rate``. Scores in [ok, ng) go to REVIEW. When the classes are separable at these rates (ok would
+    lie above ng) both become the middle of the gap and there is no REVIEW band. Without defective images only ng can be
     derived from the good ones, and ok = ng (no REVIEW band is invented).
     """
     scores = np.asarray(scores, dtype=np.float64)
@@ -31,7 +32,10 @@ def image_thresholds(scores: np.ndarray, labels: np.ndarray, *, miss_rate: float
     if bad.size == 0:
         return ng, ng
     ok = float(np.quantile(bad, miss_rate, method="lower"))
-    return float(np.clip(min(ok, ng), 0.0, 1.0)), float(np.clip(ng, 0.0, 1.0))
+    if ok >= ng:
+        # Separable at these rates: one cut, in the middle of the gap, for the widest margin both ways.
+        ok = ng = 0.5 * (ok + ng)
+    return float(np.clip(ok, 0.0, 1.0)), float(np.clip(ng, 0.0, 1.0))
 
 
 def pixel_threshold(maps: list[np.ndarray], masks: list[np.ndarray | None], *, good_quantile: float = 0.999,

@@ -150,7 +150,7 @@ def _check_state(network: nn.Module, tensors: dict[str, torch.Tensor], weights_p
         if tuple(got.shape) != tuple(want.shape):
             raise PackageError(f"{weights_path}: tensor {key!r} has shape {tuple(got.shape)}, "
                                f"the network expects {tuple(want.shape)}")
-        if not torch.isfinite(got).all() if got.is_floating_point() else False:
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
             raise PackageError(f"{weights_path}: tensor {key!r} holds NaN or infinite values")
 
 

@@ -1,0 +1,69 @@
+"""Threshold calibration and the verdict policy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.inference.calibration import CalibrationError, image_thresholds, pixel_threshold
+from core.inference.result import Thresholds, Verdict
+
+
+def test_verdict_policy_boundaries():
+    t = Thresholds(ok=0.3, ng=0.7, pixel=0.5)
+    assert t.verdict(0.7) is Verdict.NG
+    assert t.verdict(0.6999) is Verdict.REVIEW
+    assert t.verdict(0.3) is Verdict.REVIEW
+    assert t.verdict(0.2999) is Verdict.OK
+
+
+@pytest.mark.parametrize("ok, ng", [(0.8, 0.2), (-0.1, 0.5), (0.2, 1.5), (float("nan"), 0.5)])
+def test_inconsistent_thresholds_refused(ok, ng):
+    with pytest.raises(ValueError):
+        Thresholds(ok=ok, ng=ng, pixel=0.5)
+
+
+def test_separable_scores_cut_in_the_middle_of_the_gap():
+    good = np.linspace(0.0, 0.4, 200)
+    bad = np.linspace(0.6, 1.0, 100)
+    ok, ng = image_thresholds(np.r_[good, bad], np.r_[np.zeros(200), np.ones(100)])
+    assert ok <= ng
+    # at most 1 % of good images at or above ng, at most 1 % of defects below ok
+    assert (good >= ng).mean() <= 0.01
+    assert (bad < ok).mean() <= 0.01
+    assert ok == ng == pytest.approx(0.5, abs=0.01)
+
+
+def test_overlapping_scores_give_a_review_band():
+    rng = np.random.default_rng(0)
+    good, bad = rng.uniform(0, 0.8, 300), rng.uniform(0.2, 1.0, 300)
+    ok, ng = image_thresholds(np.r_[good, bad], np.r_[np.zeros(300), np.ones(300)])
+    assert 0.15 < ok < 0.3 and 0.7 < ng < 0.85
+    assert (good >= ng).mean() <= 0.01 and (bad < ok).mean() <= 0.01
+
+
+def test_without_defects_no_review_band_is_invented():
+    ok, ng = image_thresholds(np.linspace(0, 0.5, 100), np.zeros(100))
+    assert ok == ng
+
+
+def test_without_good_images_calibration_refuses():
+    with pytest.raises(CalibrationError, match="no good"):
+        image_thresholds(np.ones(5), np.ones(5))
+
+
+def test_pixel_threshold_separates_planted_region():
+    amap = np.zeros((20, 20), np.float32)
+    amap[5:10, 5:10] = 0.9
+    amap[0, 0] = 0.4
+    mask = amap > 0.5
+    threshold = pixel_threshold([amap], [mask])
+    assert 0.4 < threshold <= 0.9
+    assert np.array_equal(amap >= threshold, mask)
+
+
+def test_pixel_threshold_without_any_defect_mask_uses_good_quantile():
+    maps = [np.random.default_rng(0).random((50, 50)).astype(np.float32)]
+    threshold = pixel_threshold(maps, [np.zeros((50, 50), bool)], good_quantile=0.99)
+    assert threshold == pytest.approx(np.quantile(maps[0], 0.99))
+    with pytest.raises(CalibrationError):
+        pixel_threshold(maps, [None])

@@ -1,0 +1,80 @@
+"""The `inspector` command end to end, as a user runs it: a real process, a real dataset folder."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.data.synthetic import write_synthetic_dataset
+
+
+def inspector(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    dataset = write_synthetic_dataset(root / "data", train_good=30, train_defect=10, test_good=12, test_defect=12)
+    model = root / "model"
+    done = inspector("train", str(dataset), "--family", "baseline", "--supervision", "weak", "--out", str(model))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["package"] == str(model)
+    assert "[fit]" in done.stderr and "100.0%" in done.stderr, "progress is shown on stderr"
+    return dataset, model
+
+
+def test_evaluate_prints_and_writes_the_report(trained, tmp_path):
+    dataset, model = trained
+    report_file = tmp_path / "report.json"
+    done = inspector("evaluate", str(model), str(dataset), "--json", str(report_file))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report == json.loads(report_file.read_text())
+    for key in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "miou", "iou"):
+        assert key in report
+    # planted synthetic defects are easy even for the baseline
+    assert report["image_auroc"] > 0.8
+    recorded = json.loads((model / "model.json").read_text())["evaluation"]
+    assert any(entry["image_auroc"] == report["image_auroc"] for entry in recorded.values())
+
+
+def test_predict_writes_overlays_and_masks(trained, tmp_path):
+    dataset, model = trained
+    done = inspector("predict", str(model), str(dataset / "test" / "defect"), "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(lines) == 12 and all(line["verdict"] in ("OK", "NG", "REVIEW") for line in lines)
+    assert sum(line["verdict"] != "OK" for line in lines) >= 9
+    assert len(list(tmp_path.glob("*_overlay.png"))) == 12 and len(list(tmp_path.glob("*_mask.png"))) == 12
+
+
+def test_bench_reports_latency_and_throughput(trained):
+    _, model = trained
+    done = inspector("bench", str(model), "--iterations", "5", "--batch", "2", "--size", "64")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["device"] == "cpu"
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    assert report["throughput"]["batch"] == 2 and report["throughput"]["images_per_s"] > 0
+
+
+def test_user_errors_are_one_clear_line(trained, tmp_path):
+    dataset, model = trained
+    cases = [
+        (("train", str(tmp_path / "missing"), "--family", "baseline", "--out", str(tmp_path / "m")), "does not exist"),
+        (("train", str(dataset), "--family", "baseline", "--out", str(model)), "exists and is not empty"),
+        (("evaluate", str(tmp_path), str(dataset)), "no model.json"),
+        (("predict", str(model), str(tmp_path / "nothing.png")), "no such file or folder"),
+        (("bench", str(model), "--device", "cuda"), "no CUDA GPU"),
+    ]
+    for args, message in cases:
+        done = inspector(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+    done = inspector("train", str(dataset), "--family", "baseline", "--out", "x", "--epochs", "0")
+    assert done.returncode == 2 and "must be at least 1" in done.stderr

@@ -1,0 +1,106 @@
+"""Model package: save/load round trip and every kind of bad package rejected with a clear message."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core.inference.detector import Detector
+from core.inference.package import FORMAT_VERSION, PackageError, load_package, new_meta, read_meta, save_package
+from core.inference.result import Thresholds
+from core.models.backbones import IMAGENET_NORMALISATION
+from core.models.baseline import BaselineNetwork
+
+
+def _package(tmp_path: Path) -> Path:
+    network = BaselineNetwork((32, 32))
+    torch.manual_seed(0)
+    network.mean.normal_()
+    network.std.uniform_(0.5, 2.0)
+    meta = new_meta(family="baseline", backbone="none", config={"smoothing": 5}, input_size=(32, 32),
+                    normalisation=IMAGENET_NORMALISATION, thresholds=Thresholds(0.3, 0.7, 2.0),
+                    dataset={"path": "/data/x", "hash": "abc"})
+    return save_package(tmp_path / "pkg", network, meta)
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    path = _package(tmp_path)
+    image = (np.random.default_rng(1).random((40, 50)) * 255).astype(np.uint8)
+    first = Detector.load(path, device="cpu").predict([image])[0]
+    second = Detector.load(path, device="cpu").predict([image])[0]
+    assert first.score == second.score
+    np.testing.assert_array_equal(first.anomaly_map, second.anomaly_map)
+    assert first.anomaly_map.shape == (40, 50) and first.anomaly_map.dtype == np.float32
+    meta = read_meta(path)
+    assert meta["format_version"] == FORMAT_VERSION and meta["software"]["torch"] == torch.__version__
+    assert not list(path.glob("*.tmp")), "temporary files left behind"
+
+
+def test_missing_directory_and_files(tmp_path):
+    with pytest.raises(PackageError, match="does not exist"):
+        load_package(tmp_path / "nope")
+    path = _package(tmp_path)
+    (path / "weights.safetensors").unlink()
+    with pytest.raises(PackageError, match="no weights.safetensors"):
+        load_package(path)
+    (path / "model.json").unlink()
+    with pytest.raises(PackageError, match="no model.json"):
+        load_package(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(family="resnet-magic"), "unknown model family 'resnet-magic'"),
+    (lambda m: m.update(format_version=FORMAT_VERSION + 1), "newer than this software reads"),
+    (lambda m: m.pop("thresholds"), "missing keys \\['thresholds'\\]"),
+    (lambda m: m.update(input_size=[32]), "input_size must be"),
+    (lambda m: m["thresholds"].update(ok=0.9, ng=0.1), "bad thresholds"),
+    (lambda m: m["normalisation"].update(std=[0, 1, 1]), "normalisation must be"),
+])
+def test_bad_meta_is_rejected_naming_the_problem(tmp_path, edit, message):
+    path = _package(tmp_path)
+    meta = json.loads((path / "model.json").read_text())
+    edit(meta)
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(PackageError, match=message):
+        load_package(path)
+
+
+def test_not_json_is_rejected(tmp_path):
+    path = _package(tmp_path)
+    (path / "model.json").write_text("{not json")
+    with pytest.raises(PackageError, match="not valid JSON"):
+        load_package(path)
+
+
+def test_corrupt_weights_are_rejected(tmp_path):
+    path = _package(tmp_path)
+    (path / "weights.safetensors").write_bytes(b"\x80\x04pickle? no thanks")
+    with pytest.raises(PackageError, match="not a readable safetensors file"):
+        load_package(path)
+
+
+def test_wrong_shapes_and_keys_are_rejected(tmp_path):
+    path = _package(tmp_path)
+    weights = path / "weights.safetensors"
+    save_file({"mean": torch.zeros(1, 1, 16, 16), "std": torch.ones(1, 1, 32, 32), "scale": torch.ones(1)}, str(weights))
+    with pytest.raises(PackageError, match="'mean' has shape \\(1, 1, 16, 16\\)"):
+        load_package(path)
+    save_file({"mean": torch.zeros(1, 1, 32, 32), "scale": torch.ones(1)}, str(weights))
+    with pytest.raises(PackageError, match="lacks 1 tensors"):
+        load_package(path)
+    save_file({"mean": torch.zeros(1, 1, 32, 32), "std": torch.ones(1, 1, 32, 32), "scale": torch.ones(1),
+               "extra": torch.ones(2)}, str(weights))
+    with pytest.raises(PackageError, match="does not know"):
+        load_package(path)
+
+
+def test_non_finite_weights_are_rejected(tmp_path):
+    path = _package(tmp_path)
+    save_file({"mean": torch.full((1, 1, 32, 32), float("nan")), "std": torch.ones(1, 1, 32, 32),
+               "scale": torch.ones(1)}, str(path / "weights.safetensors"))
+    with pytest.raises(PackageError, match="NaN or infinite"):
+        load_package(path)
