@@ -20,15 +20,48 @@ class ImageError(ValueError):
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as (H, W) grey or (H, W, 3) RGB, uint8 or uint16 (8 and 16 bit kept as they are)."""
     path = Path(path)
+    return as_station_image(_decode(path, "image"), source=str(path))
+
+
+def _decode(path: Path, what: str) -> np.ndarray:
+    """Decode ``path`` with OpenCV (IMREAD_UNCHANGED); ImageError naming the file if it cannot be used.
+
+    PNG and JPEG files are also checked for their end marker: older OpenCV builds decode a truncated
+    JPEG into a half-grey picture without complaint, and a half-written file must never pass as an image.
+    """
     if not path.is_file():
-        raise ImageError(f"{path}: no such image file")
-    data = np.fromfile(str(path), dtype=np.uint8)
+        raise ImageError(f"{path}: no such {what} file")
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read the {what} file: {exc.strerror or exc}") from exc
     if data.size == 0:
-        raise ImageError(f"{path}: empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
-    return as_station_image(image, source=str(path))
+        raise ImageError(f"{path}: empty {what} file (0 bytes)")
+    truncated = _truncation(data)
+    if truncated:
+        raise ImageError(f"{path}: truncated {what} file ({truncated})")
+    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise ImageError(f"{path}: not a readable {what} (corrupt, truncated or unsupported format)")
+    return decoded
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def _truncation(data: np.ndarray) -> str:
+    """Why a PNG/JPEG byte buffer is cut short ("" when complete or another format)."""
+    head = data[:8].tobytes()
+    if head.startswith(_PNG_SIGNATURE):
+        # IEND is the last chunk of every complete PNG (trailing bytes after it are tolerated).
+        return "" if data.tobytes().rfind(b"IEND") > 8 else "PNG without its IEND chunk"
+    if head.startswith(_JPEG_SIGNATURE):
+        raw = data.tobytes()
+        # The end-of-image marker must follow the last start-of-scan; FF bytes inside scan data are
+        # stuffed (FF00), so FFD9 cannot appear there by accident.
+        return "" if raw.rfind(b"\xff\xd9") > raw.rfind(b"\xff\xda") else "JPEG without its end-of-image marker"
+    return ""
 
 
 def as_station_image(image: np.ndarray, *, source: str = "image") -> np.ndarray:
@@ -55,19 +88,26 @@ def as_station_image(image: np.ndarray, *, source: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a mask file as bool (H, W): any channel > 0 is defect. Checks its size against the image's."""
+def read_mask(path: str | Path, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read a mask file as bool (H, W), True = defect. Checks its size against the image's.
+
+    Grey masks: pixel > 0 is defect (8 or 16 bit). Colour masks: any colour channel > 0; with an alpha
+    channel, a pixel must also be non-transparent (so a fully opaque white-on-black PNG and a painted
+    overlay with transparent background both read as drawn).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such mask file")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if raw is None:
-        raise ImageError(f"{path}: not a readable mask image (corrupt, truncated or unsupported format)")
-    mask = raw.max(axis=2) > 0 if raw.ndim == 3 else raw > 0
+    raw = _decode(path, "mask")
+    if raw.ndim == 2:
+        mask = raw > 0
+    elif raw.ndim == 3 and raw.shape[2] in (1, 3):
+        mask = raw.max(axis=2) > 0
+    elif raw.ndim == 3 and raw.shape[2] == 4:
+        mask = (raw[:, :, :3].max(axis=2) > 0) & (raw[:, :, 3] > 0)
+    else:
+        raise ImageError(f"{path}: mask of shape {raw.shape}; expected 1, 3 or 4 channels")
     if expected_shape is not None and tuple(mask.shape) != tuple(expected_shape[:2]):
         raise ImageError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                         f"{expected_shape[1]}x{expected_shape[0]}")
+                         f"{expected_shape[1]}x{expected_shape[0]} (width x height)")
     return mask
 
 
