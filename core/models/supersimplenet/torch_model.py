@@ -1,0 +1,159 @@
+"""The SuperSimpleNet network (Rolih, Fučka, Skočaj, ICPR 2024 / JIMS 2025), written from the papers' text.
+
+frozen backbone -> [stride-8, stride-16] features -> each bilinearly resized to the grid
+(stride-8 size x ``feature_scale``) -> concat (C channels) -> 3x3 avg-pool (stride 1)
+-> adaptor (1x1 conv C->C) -> segmentation head (1x1 C->W, BN, LeakyReLU 0.2, 1x1 W->1: map logits)
+                           -> classification head (features ++ map: 5x5 conv -> 128, BN, ReLU;
+                              global max + mean of it and of the map = 258 values -> linear -> score logit)
+
+Inference (the registry contract): forward(x (N, 3, H, W) normalised) ->
+    anomaly_map (N, 1, H, W): sigmoid of the map logits, bilinearly resized to H, W, Gaussian-smoothed (sigma 4)
+    score (N,): sigmoid of the score logit.
+
+The CPU configuration (default) differs from the paper only in sizes, all in ``config``: grid at the stride-8
+size (paper: twice it), head width 256 (paper: 1024) and a 2x2 average pool before the classification
+conv (``cls_pool``; paper: 1). PAPER_CONFIG restores the published sizes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.models.backbones import backbone_channels, build_backbone
+
+CPU_CONFIG: dict = {"feature_scale": 1, "seg_width": 256, "cls_channels": 128, "cls_pool": 2, "smooth_sigma": 4.0}
+PAPER_CONFIG: dict = {"feature_scale": 2, "seg_width": 1024, "cls_channels": 128, "cls_pool": 1, "smooth_sigma": 4.0}
+
+
+def make_config(backbone: str, paper: bool = False, **overrides) -> dict:
+    """A complete network config for ``backbone`` (CPU sizes, or the paper's with ``paper=True``)."""
+    config = dict(PAPER_CONFIG if paper else CPU_CONFIG)
+    config.update(overrides)
+    config["backbone"] = backbone
+    config["channels"] = list(backbone_channels(backbone))
+    return config
+
+
+class FeatureAggregator(nn.Module):
+    """[f8 (N, C8, h8, w8), f16 (N, C16, ...)] -> (N, C8 + C16, h8 * scale, w8 * scale), 3x3 avg-pooled."""
+
+    def __init__(self, feature_scale: int) -> None:
+        super().__init__()
+        self.feature_scale = int(feature_scale)
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        height, width = features[0].shape[-2:]
+        size = (height * self.feature_scale, width * self.feature_scale)
+        resized = [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features]
+        return self.pool(torch.cat(resized, dim=1))
+
+
+class SegmentationHead(nn.Module):
+    """(N, C, h, w) -> map logits (N, 1, h, w)."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Conv2d(channels, width, 1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
+                                    nn.Conv2d(width, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ClassificationHead(nn.Module):
+    """(features (N, C, h, w), map logits (N, 1, h, w)) -> score logit (N,)."""
+
+    def __init__(self, channels: int, hidden: int = 128, pool: int = 1) -> None:
+        super().__init__()
+        self.pool = int(pool)
+        self.conv = nn.Sequential(nn.Conv2d(channels + 1, hidden, 5, padding=2), nn.BatchNorm2d(hidden), nn.ReLU())
+        self.fc = nn.Linear(2 * hidden + 2, 1)
+
+    def forward(self, features: torch.Tensor, map_logits: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([features, map_logits], dim=1)
+        if self.pool > 1:  # CPU configuration: the 5x5 conv is the costliest layer; run it at half the grid
+            x = F.avg_pool2d(x, self.pool, ceil_mode=True)
+        x = self.conv(x)
+        pooled = torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3)),
+                            map_logits.amax(dim=(2, 3)), map_logits.mean(dim=(2, 3))], dim=1)
+        return self.fc(pooled).squeeze(1)
+
+
+class GaussianSmoothing(nn.Module):
+    """Separable Gaussian blur of (N, 1, H, W) maps, reflect-padded, kernel radius ceil(4 sigma)."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        radius = max(1, math.ceil(4 * sigma))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+        self.radius = radius
+        self.register_buffer("kernel", (kernel / kernel.sum()), persistent=False)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        r = self.radius
+        k = self.kernel.to(maps.dtype)
+        if min(maps.shape[-2:]) <= r:  # reflect padding needs a larger map; replicate is close enough
+            padded = F.pad(maps, (r, r, r, r), mode="replicate")
+        else:
+            padded = F.pad(maps, (r, r, r, r), mode="reflect")
+        out = F.conv2d(padded, k.view(1, 1, 1, -1))
+        return F.conv2d(out, k.view(1, 1, -1, 1))
+
+
+class SuperSimpleNet(nn.Module):
+    """Backbone + aggregator + adaptor + heads; see the module docstring for shapes.
+
+    ``pretrained``: load the backbone's ImageNet weights (training); False when a package provides them.
+    """
+
+    def __init__(self, config: dict, *, pretrained: bool = False, backbone_weights: str | None = None) -> None:
+        super().__init__()
+        self.config = dict(config)
+        channels = int(sum(config["channels"]))
+        if tuple(config["channels"]) != tuple(backbone_channels(config["backbone"])):
+            raise ValueError(f"config channels {config['channels']} do not match backbone {config['backbone']!r}")
+        self.backbone = build_backbone(config["backbone"], pretrained=pretrained, weights_path=backbone_weights)
+        self.aggregator = FeatureAggregator(int(config["feature_scale"]))
+        self.adaptor = nn.Conv2d(channels, channels, 1)
+        self.seg_head = SegmentationHead(channels, int(config["seg_width"]))
+        self.cls_head = ClassificationHead(channels, int(config["cls_channels"]), int(config["cls_pool"]))
+        self.smoothing = GaussianSmoothing(float(config["smooth_sigma"]))
+
+    def train(self, mode: bool = True) -> "SuperSimpleNet":
+        super().train(mode)
+        self.backbone.eval()  # frozen: its BatchNorm statistics never change
+        return self
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (N, 3, H, W) -> aggregated backbone features (N, C, h, w): what training caches."""
+        return self.aggregator(self.backbone(x))
+
+    def decide(self, adapted: torch.Tensor, detach_map: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapted features (N, C, h, w) -> (map logits (N, 1, h, w), score logits (N,))."""
+        map_logits = self.seg_head(adapted)
+        score_logits = self.cls_head(adapted, map_logits.detach() if detach_map else map_logits)
+        return map_logits, score_logits
+
+    def anomaly_map(self, map_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Map logits (N, 1, h, w) -> anomaly map (N, 1, *size) in 0..1, smoothed."""
+        maps = F.interpolate(torch.sigmoid(map_logits), size=size, mode="bilinear", align_corners=False)
+        return self.smoothing(maps)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        map_logits, score_logits = self.decide(self.adaptor(self.encode(x)))
+        return self.anomaly_map(map_logits, tuple(x.shape[-2:])), torch.sigmoid(score_logits)
+
+
+def build(meta: dict) -> SuperSimpleNet:
+    """Registry hook: the untrained network a package's model.json describes (weights come from the package)."""
+    config = meta["config"]
+    if config.get("backbone") != meta["backbone"]:
+        raise ValueError(f"config backbone {config.get('backbone')!r} differs from model.json backbone "
+                         f"{meta['backbone']!r}")
+    return SuperSimpleNet(config, pretrained=False)

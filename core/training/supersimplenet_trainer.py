@@ -1,0 +1,366 @@
+"""Training SuperSimpleNet in any supervision regime on cached backbone features.
+
+Steps: pick the training samples for the regime -> encode every image (and flip) once with the frozen
+backbone (core.training.feature_cache) -> train adaptor + heads on the cached features with Perlin-masked
+feature noise -> calibrate thresholds on the training images -> save a self-contained model package.
+
+One code path for all regimes: each sample either has a usable mask (good images: empty; defects with a
+mask in mixed/full) and then trains map and score, or it has none (defects in weak, or unmasked defects in
+mixed) and then trains the score only.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from scipy import ndimage
+
+from core.data.dataset import Dataset, Sample
+from core.inference.calibration import calibrate
+from core.inference.detector import resolve_device
+from core.inference.package import new_meta, save_package
+from core.models.backbones import IMAGENET_NORMALISATION
+from core.models.supersimplenet import FAMILY, SuperSimpleNet, make_config
+from core.models.supersimplenet.loss import focal_loss, segmentation_loss
+from core.models.supersimplenet.perlin import perlin_masks
+from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions
+from core.training.feature_cache import FeatureCache, build_feature_cache, flip
+
+# Training settings; any of them can be overridden through TrainOptions.extra (e.g. {"epochs_cpu": 20}).
+DEFAULTS: dict = {
+    "paper": False,            # True: the papers' sizes (grid 2x stride 8, head width 1024, no cls pooling)
+    "input_size": [256, 256],
+    "flips": ["none", "h", "v", "hv"],
+    "epochs_cpu": 12,          # chosen so weak training on mtd (939 images) fits 10 minutes on 2 cores
+    "epochs_gpu": 60,
+    "epochs_paper": 300,
+    "batch_size": 16,          # real samples per step; the step also holds their perturbed copies
+    "lr_adaptor": 1e-4,
+    "lr_heads": 2e-4,
+    "weight_decay_heads": 1e-5,
+    "noise_std": 0.015,
+    "perlin_threshold_unsupervised": 0.2,  # unsupervised and weak
+    "perlin_threshold_masks": 0.6,         # when masks are used (mixed, full)
+    "dilation": 7,
+    "grad_clip": 1.0,
+    "threads": 0,              # torch CPU threads; 0 leaves torch's default
+}
+_NETWORK_KEYS = ("feature_scale", "seg_width", "cls_channels", "cls_pool", "smooth_sigma")
+
+
+@dataclass
+class TrainingSet:
+    """The samples a regime trains on. use_mask[i]: sample i's mask trains the map (False: score only)."""
+
+    samples: list[Sample]
+    use_mask: list[bool]
+    supervision: str
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.float32)
+
+
+def select_samples(train: list[Sample], supervision: str) -> TrainingSet:
+    """Apply the regime to the train split.
+
+    unsupervised: good images only. weak: good + defect images, masks ignored even where present.
+    mixed: masks where they exist. full: every defect image must have a mask.
+    """
+    good = [s for s in train if s.label == 0]
+    defect = [s for s in train if s.label == 1]
+    if supervision not in ("unsupervised", "weak", "mixed", "full"):
+        raise TrainingError(f"unknown supervision {supervision!r}; choose unsupervised, weak, mixed or full")
+    if not good:
+        raise TrainingError("the train split has no good images (train/good); every regime needs them")
+    if supervision == "unsupervised":
+        return TrainingSet(good, [True] * len(good), supervision)
+    if not defect:
+        raise TrainingError(f"supervision {supervision!r} needs defect images in the train split; "
+                            "there are none (use --supervision unsupervised)")
+    if supervision == "full":
+        unmasked = [s for s in defect if s.mask_path is None]
+        if unmasked:
+            raise TrainingError(f"supervision 'full' needs a mask for every defect image; {unmasked[0].image_path} "
+                                f"has none ({len(unmasked)} of {len(defect)} lack one; use 'mixed' or 'weak')")
+    samples = good + defect
+    if supervision == "weak":
+        use = [s.label == 0 for s in samples]
+    else:
+        use = [s.label == 0 or s.mask_path is not None for s in samples]
+    return TrainingSet(samples, use, supervision)
+
+
+def distance_weights(mask: np.ndarray, max_value: float = 3.0, power: float = 2.0) -> np.ndarray:
+    """float32 (H, W): 1 on background; inside each defect component (dist to its border / max)^power * max_value,
+    so a defect's uncertain border pixels count little and its core counts most."""
+    weights = np.ones(mask.shape, dtype=np.float32)
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    for index in range(1, count):
+        component = labels == index
+        distance = ndimage.distance_transform_edt(component)
+        peak = distance.max()
+        weights[component] = ((distance[component] / peak) ** power * max_value) if peak > 0 else max_value
+    return weights
+
+
+@dataclass
+class GridTargets:
+    """Per cache row, at the feature grid (h, w). known: the map is trained on this row.
+    mask: target (R, 1, h, w) {0, 1}; weight: loss weight (R, 1, h, w); block: cells where no noise goes."""
+
+    known: torch.Tensor   # (R,) bool
+    label: torch.Tensor   # (R,) float
+    mask: torch.Tensor    # (R, 1, h, w) float16
+    weight: torch.Tensor  # (R, 1, h, w) float16
+    block: torch.Tensor   # (R, 1, h, w) float16
+
+
+def grid_targets(mask: np.ndarray | None, grid: tuple[int, int], dilation: int,
+                 weighted: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sample's (mask, weight, block) at the grid from its bool (H, W) input-size mask (None: unknown).
+
+    The mask is dilated (``dilation`` px square) and area-resized; a cell is defect when at least half of it
+    is, and a non-empty mask always marks at least its densest cell, so tiny defects are not lost.
+    """
+    height, width = grid
+    if mask is None:
+        zeros = np.zeros(grid, np.float32)
+        return zeros, zeros, zeros
+    if not mask.any():
+        return np.zeros(grid, np.float32), np.ones(grid, np.float32), np.zeros(grid, np.float32)
+    dilated = cv2.dilate(mask.astype(np.uint8), np.ones((dilation, dilation), np.uint8)) if dilation > 1 else mask
+    fraction = cv2.resize(dilated.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+    target = (fraction >= 0.5).astype(np.float32)
+    if not target.any():
+        target.flat[int(np.argmax(fraction))] = 1.0
+    weight = np.ones(grid, np.float32)
+    if weighted:
+        weight = cv2.resize(distance_weights(dilated.astype(bool)), (width, height), interpolation=cv2.INTER_AREA)
+        weight = np.where(target > 0, np.maximum(weight, 0.05), 1.0).astype(np.float32)
+    block = (fraction > 0).astype(np.float32)
+    return target, weight, block
+
+
+def build_targets(cache: FeatureCache, training: TrainingSet, dilation: int) -> GridTargets:
+    grid = tuple(cache.features.shape[-2:])
+    views = len(cache.flips)
+    rows = cache.features.shape[0]
+    mask = torch.zeros((rows, 1, *grid), dtype=torch.float16)
+    weight = torch.zeros_like(mask)
+    block = torch.zeros_like(mask)
+    known = torch.zeros(rows, dtype=torch.bool)
+    label = torch.zeros(rows)
+    for index, (sample, use) in enumerate(zip(training.samples, training.use_mask)):
+        source = cache.masks[index] if use else None
+        target, w, b = grid_targets(source, grid, dilation, weighted=training.supervision != "unsupervised")
+        for view, name in enumerate(cache.flips):
+            row = index * views + view
+            mask[row, 0] = torch.from_numpy(flip(target, name))
+            weight[row, 0] = torch.from_numpy(flip(w, name))
+            block[row, 0] = torch.from_numpy(flip(b, name))
+            known[row] = source is not None
+            label[row] = float(sample.label)
+    return GridTargets(known=known, label=label, mask=mask, weight=weight, block=block)
+
+
+class BalancedSampler:
+    """Batches of sample indices; with defect images present, half of each batch are good, half defect."""
+
+    def __init__(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.batch_size = batch_size
+        self.good = np.flatnonzero(labels == 0)
+        self.defect = np.flatnonzero(labels == 1)
+        self.steps_per_epoch = max(1, math.ceil(len(labels) / batch_size))
+        self._queues: dict[str, list[int]] = {"good": [], "defect": []}
+
+    def _draw(self, kind: str, count: int) -> list[int]:
+        pool = self.good if kind == "good" else self.defect
+        queue = self._queues[kind]
+        out = []
+        while len(out) < count:
+            if not queue:
+                queue.extend(self.rng.permutation(pool).tolist())
+            out.append(queue.pop())
+        return out
+
+    def batch(self) -> np.ndarray:
+        if len(self.defect) == 0:
+            return np.array(self._draw("good", self.batch_size))
+        half = self.batch_size // 2
+        return np.array(self._draw("good", self.batch_size - half) + self._draw("defect", half))
+
+
+def training_step(network: SuperSimpleNet, features: torch.Tensor, targets: GridTargets, rows: torch.Tensor,
+                  settings: dict, rng: np.random.Generator, detach_map: bool) -> tuple[torch.Tensor, dict]:
+    """Loss of one batch: the real adapted features plus copies with Perlin-masked Gaussian noise.
+
+    features: (B, C, h, w) float32 on the device; rows: (B,) cache rows (index the targets).
+    """
+    device = features.device
+    batch, _, height, width = features.shape
+    mask = targets.mask[rows].to(device, torch.float32)
+    weight = targets.weight[rows].to(device, torch.float32)
+    block = targets.block[rows].to(device, torch.float32)
+    known = targets.known[rows].to(device)
+    label = targets.label[rows].to(device)
+    threshold = settings["perlin_threshold"]
+    # noise goes only where the Perlin mask is and never inside known defect pixels
+    noise_mask = perlin_masks(batch, (height, width), threshold, rng).to(device) * (1.0 - block)
+    adapted = network.adaptor(features)
+    noise = torch.randn_like(adapted) * settings["noise_std"] * noise_mask
+    x = torch.cat([adapted, adapted + noise])
+    target = torch.cat([mask, torch.maximum(mask, noise_mask)])
+    labels = torch.cat([label, torch.maximum(label, noise_mask.amax(dim=(1, 2, 3)))])
+    weights = torch.cat([weight, torch.where(noise_mask > 0, torch.ones_like(weight), weight)])
+    known2 = torch.cat([known, known])
+    map_logits, score_logits = network.decide(x, detach_map=detach_map)
+    cls_loss = focal_loss(score_logits, labels)
+    if known2.any():
+        seg_loss = segmentation_loss(map_logits[known2], target[known2], weights[known2])
+    else:
+        seg_loss = map_logits.sum() * 0.0
+    loss = seg_loss + cls_loss
+    return loss, {"loss": float(loss.detach()), "seg": float(seg_loss.detach()), "cls": float(cls_loss.detach())}
+
+
+def _settings(options: TrainOptions, device: torch.device) -> dict:
+    unknown = set(options.extra) - set(DEFAULTS) - set(_NETWORK_KEYS)
+    if unknown:
+        raise TrainingError(f"unknown supersimplenet options {sorted(unknown)}; known: "
+                            f"{sorted(set(DEFAULTS) | set(_NETWORK_KEYS))}")
+    settings = {**DEFAULTS, **options.extra}
+    if options.epochs is not None:
+        epochs = options.epochs
+    elif settings["paper"]:
+        epochs = settings["epochs_paper"]
+    else:
+        epochs = settings["epochs_gpu"] if device.type == "cuda" else settings["epochs_cpu"]
+    if int(epochs) < 1:
+        raise TrainingError(f"epochs must be at least 1, got {epochs}")
+    settings["epochs"] = int(epochs)
+    settings["perlin_threshold"] = (settings["perlin_threshold_unsupervised"]
+                                    if options.supervision in ("unsupervised", "weak")
+                                    else settings["perlin_threshold_masks"])
+    if list(settings["flips"])[:1] != ["none"]:
+        raise TrainingError("the first of 'flips' must be 'none' (calibration uses the unflipped view)")
+    return settings
+
+
+def _fit(network: SuperSimpleNet, cache: FeatureCache, targets: GridTargets, training: TrainingSet,
+         settings: dict, options: TrainOptions, device: torch.device, rng: np.random.Generator,
+         report) -> dict:
+    heads = list(network.seg_head.parameters()) + list(network.cls_head.parameters())
+    optimiser = torch.optim.AdamW([
+        {"params": network.adaptor.parameters(), "lr": settings["lr_adaptor"]},
+        {"params": heads, "lr": settings["lr_heads"], "weight_decay": settings["weight_decay_heads"]},
+    ])
+    sampler = BalancedSampler(training.labels, int(settings["batch_size"]), rng)
+    total = settings["epochs"] * sampler.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimiser, milestones=[int(0.8 * total), int(0.9 * total)], gamma=0.4)
+    views = len(cache.flips)
+    detach_map = training.supervision == "unsupervised"
+    network.train()
+    history = []
+    step = 0
+    for epoch in range(settings["epochs"]):
+        sums = {"loss": 0.0, "seg": 0.0, "cls": 0.0}
+        for _ in range(sampler.steps_per_epoch):
+            options.check_cancel()
+            samples = sampler.batch()
+            rows = torch.from_numpy(samples * views + rng.integers(0, views, size=len(samples)))
+            features = cache.features[rows].to(device, torch.float32)
+            loss, parts = training_step(network, features, targets, rows, settings, rng, detach_map)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), settings["grad_clip"])
+            optimiser.step()
+            scheduler.step()
+            step += 1
+            for key in sums:
+                sums[key] += parts[key]
+            report(step / total, f"epoch {epoch + 1}/{settings['epochs']}", parts)
+        means = {k: v / sampler.steps_per_epoch for k, v in sums.items()}
+        history.append(means)
+    network.eval()
+    return {"epochs": settings["epochs"], "steps": total, "final": history[-1] if history else {}}
+
+
+@torch.inference_mode()
+def _calibrate(network: SuperSimpleNet, cache: FeatureCache, training: TrainingSet, size: tuple[int, int],
+               device: torch.device, batch: int = 32):
+    """Thresholds from the unflipped training features: scores and maps through the trained heads."""
+    views = len(cache.flips)
+    scores, maps = [], []
+    for start in range(0, cache.num_samples, batch):
+        rows = torch.arange(start, min(start + batch, cache.num_samples)) * views
+        features = cache.features[rows].to(device, torch.float32)
+        map_logits, score_logits = network.decide(network.adaptor(features))
+        scores.append(torch.sigmoid(score_logits).cpu().numpy())
+        maps.extend(network.anomaly_map(map_logits, size)[:, 0].cpu().numpy())
+    masks = [m if use else None for m, use in zip(cache.masks, training.use_mask)]
+    return calibrate(np.concatenate(scores), training.labels.astype(int), maps, masks)
+
+
+def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
+    """Train SuperSimpleNet on ``dataset.train`` with ``options.supervision``; write the package to options.out."""
+    started = time.monotonic()
+    device = resolve_device(options.device)
+    settings = _settings(options, device)
+    torch.manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    if settings["threads"]:
+        torch.set_num_threads(int(settings["threads"]))
+    training = select_samples(dataset.train, options.supervision)
+    if options.backbone == "wide_resnet50_2" and not options.backbone_weights:
+        raise TrainingError("backbone wide_resnet50_2 needs --backbone-weights: a torchvision-format "
+                            "wide_resnet50_2 state dict file (.safetensors or .pth)")
+    config = make_config(options.backbone, paper=bool(settings["paper"]),
+                         **{k: options.extra[k] for k in _NETWORK_KEYS if k in options.extra})
+    try:
+        network = SuperSimpleNet(config, pretrained=True, backbone_weights=options.backbone_weights).to(device)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    size = (int(settings["input_size"][0]), int(settings["input_size"][1]))
+
+    # fractions of the whole run given to each stage (rough cost shares on a CPU)
+    shares = {"features": 0.3, "train": 0.65, "calibrate": 0.05}
+
+    def reporter(stage: str, base: float):
+        stage_clock = EtaClock()
+
+        def report(fraction: float, message: str = "", metrics: dict | None = None) -> None:
+            eta = stage_clock.eta(fraction)
+            progress(ProgressEvent(stage=stage, fraction=min(1.0, base + shares[stage] * fraction),
+                                   message=message, eta_s=eta, metrics=metrics or {}))
+        return report
+
+    report_features = reporter("features", 0.0)
+    report_features(0.0, f"encoding {len(training.samples)} images x {len(settings['flips'])} flips "
+                         f"with {options.backbone}")
+    cache = build_feature_cache(training.samples, network.encode, size, IMAGENET_NORMALISATION,
+                                settings["flips"], device=device,
+                                on_progress=lambda f: report_features(f, "encoding images"),
+                                check_cancel=options.check_cancel)
+    targets = build_targets(cache, training, int(settings["dilation"]))
+    fit = _fit(network, cache, targets, training, settings, options, device, rng, reporter("train", shares["features"]))
+    report_calibrate = reporter("calibrate", shares["features"] + shares["train"])
+    report_calibrate(0.0, "calibrating thresholds on the training images")
+    thresholds = _calibrate(network, cache, training, size, device)
+    meta = new_meta(family=FAMILY, backbone=options.backbone, config=config, input_size=size,
+                    normalisation=IMAGENET_NORMALISATION, thresholds=thresholds,
+                    dataset={"path": str(Path(dataset.root).resolve()), "hash": dataset.content_hash(),
+                             "supervision": options.supervision})
+    meta["training"] = {**fit, "seed": options.seed, "device": device.type, "flips": list(cache.flips),
+                        "images": len(training.samples), "seconds": round(time.monotonic() - started, 1)}
+    out = save_package(options.out, network.to("cpu"), meta)
+    progress(ProgressEvent(stage="done", fraction=1.0, message=f"model package written to {out}",
+                           eta_s=0.0, metrics={"seconds": round(time.monotonic() - started, 1)}))
+    return out
