@@ -1,0 +1,117 @@
+"""The evaluation loop behind ``inspector evaluate``: run a Detector over a dataset split, report metrics.
+
+evaluate() returns one JSON-serialisable dict:
+    image_auroc, image_ap, pixel_auroc, pixel_ap, aupro, miou, iou   float or None (see core.metrics)
+    counts     {"images", "good", "defect", "segmented"}  (segmented: defect images with a mask)
+    split, model {"path", "family", "device"}, dataset {"path", "layout"}, thresholds {"ok", "ng", "pixel"},
+    verdicts   {"good": {"OK", "REVIEW", "NG"}, "defect": {...}}  how the package's own thresholds decided
+    notes      {metric: why it is None}, seconds  wall time of the whole evaluation.
+
+Pixel metrics use the images whose masks are known: good images count as all background; defect
+images without a mask are left out of them (but not out of the image metrics).
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import numpy as np
+
+from core.data.dataset import Dataset, DatasetError, Sample
+from core.data.images import ImageError
+from core.inference.result import Result, Verdict
+from core.metrics import PixelMetrics, image_metrics
+from core.training.api import EtaClock, ProgressEvent
+
+METRIC_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "miou", "iou")
+Loaded = list[tuple[np.ndarray, "np.ndarray | None"]]
+
+
+def _load_batch(samples: Sequence[Sample]) -> Loaded:
+    """(image, mask) per sample; a bad file becomes a DatasetError naming it."""
+    loaded = []
+    for sample in samples:
+        try:
+            loaded.append(sample.load())
+        except ImageError as exc:
+            raise DatasetError(str(exc)) from exc
+    return loaded
+
+
+def evaluate(detector, dataset: Dataset, split: str = "test",
+             progress: Callable[[ProgressEvent], None] | None = None, *, batch_size: int = 8) -> dict:
+    """Predict every image of ``dataset``'s ``split`` with ``detector`` (a core.inference.detector.Detector,
+    or anything with its ``predict``, ``package``, ``family``, ``device`` and ``thresholds``) and measure.
+
+    Images are read one batch ahead on a worker thread while the detector predicts the current batch.
+    Only each image's score and the pixel values the metrics need are kept, never the images.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    samples = dataset.split(split)  # type: ignore[arg-type]
+    if not samples:
+        raise DatasetError(f"{dataset.root}: the {split} split holds no images")
+    started = time.perf_counter()
+    clock = EtaClock()
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    scores = np.empty(len(samples), dtype=np.float64)
+    pixels = PixelMetrics()
+    verdicts = {name: {v.value: 0 for v in Verdict} for name in ("good", "defect")}
+    batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+    done = 0
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending: Future[Loaded] = reader.submit(_load_batch, batches[0])
+        for index, batch in enumerate(batches):
+            loaded = pending.result()
+            if index + 1 < len(batches):
+                pending = reader.submit(_load_batch, batches[index + 1])
+            results = detector.predict([image for image, _ in loaded])
+            if len(results) != len(batch):
+                raise RuntimeError(f"the detector returned {len(results)} results for {len(batch)} images")
+            for sample, (image, mask), result in zip(batch, loaded, results):
+                _check_result(sample, image, result)
+                scores[done] = result.score
+                verdicts["defect" if sample.label else "good"][Verdict(result.verdict).value] += 1
+                if mask is not None:
+                    pixels.add(result.anomaly_map, mask, result.mask, defective=bool(sample.label))
+                done += 1
+            del loaded, results  # let the images and full-size maps go before the next batch
+            if progress is not None:
+                fraction = done / len(samples)
+                progress(ProgressEvent(stage="evaluate", fraction=fraction, message=f"{done}/{len(samples)} images",
+                                       eta_s=clock.eta(fraction)))
+    if progress is not None:
+        progress(ProgressEvent(stage="metrics", fraction=1.0, message="computing pixel metrics"))
+    image_values, notes = image_metrics(scores, labels)
+    pixel_values, pixel_notes = pixels.result()
+    notes.update(pixel_notes)
+    counts = dataset.counts(split)  # type: ignore[arg-type]
+    package = detector.package
+    report = {
+        **{key: _plain(value) for key, value in {**image_values, **pixel_values}.items()},
+        "counts": {"images": len(samples), **counts},
+        "split": split,
+        "model": {"path": str(package.path), "family": str(package.meta.get("family", "")),
+                  "device": str(detector.device)},
+        "dataset": {"path": str(dataset.root), "layout": dataset.layout},
+        "thresholds": detector.thresholds.to_dict(),
+        "verdicts": verdicts,
+        "notes": notes,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return report
+
+
+def _check_result(sample: Sample, image: np.ndarray, result: Result) -> None:
+    """The Result must be at image size with a finite score: a wrong shape would silently skew the metrics."""
+    size = image.shape[:2]
+    if result.anomaly_map.shape != size or result.mask.shape != size:
+        raise RuntimeError(f"{sample.image_path}: the detector's map {result.anomaly_map.shape} / mask "
+                           f"{result.mask.shape} is not at the image's size {size}")
+    if not np.isfinite(result.score):
+        raise RuntimeError(f"{sample.image_path}: the detector returned a non-finite score {result.score}")
+
+
+def _plain(value: float | None) -> float | None:
+    return None if value is None else float(value)
