@@ -124,7 +124,10 @@ def _new_harvester(producers: Sequence[Path]):
 
 
 def list_devices(producers: Sequence[str | Path] | None = None) -> list[DeviceDescription]:
-    """Enumerate the cameras the producers offer (the simulator's when no producer is configured)."""
+    """Enumerate the cameras the producers offer (the simulator's when no producer is configured).
+
+    A producer already opened by a GenICamSource of this process shows no devices here (harvesters
+    opens the producer per Harvester); ask that source's devices() instead."""
     harvester = _new_harvester(resolve_producers(producers))
     try:
         return [_describe(i, info) for i, info in enumerate(harvester.device_info_list)]
@@ -332,6 +335,7 @@ class GenICamSource(SourceBase):
         self.feature_report: dict[str, str] = {}
         self._harvester: Any = None
         self._acquirer: Any = None
+        self._devices: list[DeviceDescription] = []
         self._lock = threading.RLock()
         self._want_streaming = False
         self._last_frame_at = 0.0
@@ -339,7 +343,11 @@ class GenICamSource(SourceBase):
         self._attempts = 0
         self._retry_at = 0.0
         super().__init__(camera_id=str(device) if device not in (None, "") else "genicam")
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            self.close()  # a Harvester left un-reset keeps the producer busy: the next one would see no device
+            raise
 
     # -- opening and closing ----------------------------------------------------------------------
     def _open(self) -> None:
@@ -352,6 +360,7 @@ class GenICamSource(SourceBase):
         key = self._device_key
         if self.device is not None:  # a reconnect: the same camera, by serial number or id
             key = self.device.serial_number or self.device.id
+        self._devices = devices
         chosen = _pick_device(devices, key)
         try:
             acquirer = self._harvester.create(chosen.index)
@@ -454,6 +463,14 @@ class GenICamSource(SourceBase):
             if node is None:
                 raise SourceError(f"camera {self.camera_id} has no TriggerSoftware command")
             node.execute()
+
+    def devices(self) -> list[DeviceDescription]:
+        """The cameras the producers offered when this source opened (or last reconnected).
+
+        Use this rather than list_devices() while the source is open: a second Harvester in the same
+        process sees no devices of a producer that is already open (viky.cti does exactly that), and
+        Harvester.update() on this source's own Harvester would make its acquirer obsolete."""
+        return list(self._devices)
 
     @property
     def acquirer(self) -> Any:
