@@ -13,6 +13,7 @@ images without a mask are left out of them (but not out of the image metrics).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -94,7 +95,7 @@ def evaluate(detector, dataset: Dataset, split: str = "test",
         "split": split,
         "model": {"path": str(package.path), "family": str(package.meta.get("family", "")),
                   "device": str(detector.device)},
-        "dataset": {"path": str(dataset.root), "layout": dataset.layout},
+        "dataset": {"path": str(Path(dataset.root).resolve()), "layout": dataset.layout},
         "thresholds": detector.thresholds.to_dict(),
         "verdicts": verdicts,
         "notes": notes,

@@ -81,7 +81,7 @@ def test_perfect_predictor_scores_one(tmp_path: Path) -> None:
     assert report["counts"] == {"images": 32, "good": 16, "defect": 16, "segmented": 16}
     assert report["split"] == "test"
     assert report["model"] == {"path": str(tmp_path / "oracle"), "family": "baseline", "device": "cpu"}
-    assert report["dataset"] == {"path": str(dataset.root), "layout": "station"}
+    assert report["dataset"] == {"path": str(dataset.root.resolve()), "layout": "station"}
     assert report["verdicts"] == {"good": {"OK": 16, "NG": 0, "REVIEW": 0}, "defect": {"OK": 0, "NG": 16, "REVIEW": 0}}
     assert report["notes"] == {} and report["seconds"] >= 0
     assert detector.batches == [5] * 6 + [2]
