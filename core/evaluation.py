@@ -5,6 +5,8 @@ evaluate() returns one JSON-serialisable dict:
     counts     {"images", "good", "defect", "segmented"}  (segmented: defect images with a mask)
     split, model {"path", "family", "device"}, dataset {"path", "layout"}, thresholds {"ok", "ng", "pixel"},
     verdicts   {"good": {"OK", "REVIEW", "NG"}, "defect": {...}}  how the package's own thresholds decided
+    by_type    {defect type: {"images", "segmented", "image_auroc" (that type against all good images),
+               "miou" (over its segmented images)}}; types come from the dataset (MVTec folder, file prefix)
     notes      {metric: why it is None}, seconds  wall time of the whole evaluation.
 
 Pixel metrics use the images whose masks are known: good images count as all background; defect
@@ -22,7 +24,7 @@ import numpy as np
 from core.data.dataset import Dataset, DatasetError, Sample
 from core.data.images import ImageError
 from core.inference.result import Result, Verdict
-from core.metrics import PixelMetrics, image_metrics
+from core.metrics import PixelMetrics, auroc, image_metrics
 from core.training.api import EtaClock, ProgressEvent
 
 METRIC_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "miou", "iou")
@@ -59,6 +61,7 @@ def evaluate(detector, dataset: Dataset, split: str = "test",
     scores = np.empty(len(samples), dtype=np.float64)
     pixels = PixelMetrics()
     verdicts = {name: {v.value: 0 for v in Verdict} for name in ("good", "defect")}
+    ious: dict[str, list[float]] = {}
     batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
     done = 0
     with ThreadPoolExecutor(max_workers=1) as reader:
@@ -75,7 +78,9 @@ def evaluate(detector, dataset: Dataset, split: str = "test",
                 scores[done] = result.score
                 verdicts["defect" if sample.label else "good"][Verdict(result.verdict).value] += 1
                 if mask is not None:
-                    pixels.add(result.anomaly_map, mask, result.mask, defective=bool(sample.label))
+                    image_iou = pixels.add(result.anomaly_map, mask, result.mask, defective=bool(sample.label))
+                    if sample.label and image_iou is not None:
+                        ious.setdefault(sample.defect_type, []).append(image_iou)
                 done += 1
             del loaded, results  # let the images and full-size maps go before the next batch
             if progress is not None:
@@ -98,6 +103,7 @@ def evaluate(detector, dataset: Dataset, split: str = "test",
         "dataset": {"path": str(Path(dataset.root).resolve()), "layout": dataset.layout},
         "thresholds": detector.thresholds.to_dict(),
         "verdicts": verdicts,
+        "by_type": _by_type(samples, scores, ious),
         "notes": notes,
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -112,6 +118,19 @@ def _check_result(sample: Sample, image: np.ndarray, result: Result) -> None:
                            f"{result.mask.shape} is not at the image's size {size}")
     if not np.isfinite(result.score):
         raise RuntimeError(f"{sample.image_path}: the detector returned a non-finite score {result.score}")
+
+
+def _by_type(samples: Sequence[Sample], scores: np.ndarray, ious: dict[str, list[float]]) -> dict[str, dict]:
+    """Image AUROC of each defect type against all good images, and its mIoU (None where undefined)."""
+    good = np.array([s.label == 0 for s in samples])
+    out = {}
+    for kind in sorted({s.defect_type for s in samples if s.label}):
+        of_kind = np.array([s.label == 1 and s.defect_type == kind for s in samples])
+        pick = good | of_kind
+        out[kind] = {"images": int(of_kind.sum()), "segmented": len(ious.get(kind, [])),
+                     "image_auroc": _plain(auroc(scores[pick], of_kind[pick].astype(np.int64))),
+                     "miou": float(np.mean(ious[kind])) if ious.get(kind) else None}
+    return out
 
 
 def _plain(value: float | None) -> float | None:

@@ -200,16 +200,20 @@ class PixelMetrics:
     _images: int = 0
 
     def add(self, anomaly_map: np.ndarray, truth: np.ndarray, predicted: np.ndarray | None = None,
-            defective: bool | None = None) -> None:
+            defective: bool | None = None) -> float | None:
         """One image: anomaly_map float (H, W); truth bool (H, W) ground truth; predicted bool (H, W) the
         model's mask (None: no IoU); defective: the image label (None: truth.any()). Defective images
-        enter ``miou``; every image enters ``iou``."""
+        enter ``miou``; every image enters ``iou``. Returns this image's IoU (None without ``predicted``)."""
         amap = np.asarray(anomaly_map, dtype=np.float32)
         truth = np.asarray(truth, dtype=bool)
         if amap.shape != truth.shape or amap.ndim != 2:
             raise ValueError(f"anomaly map {amap.shape} and mask {truth.shape} must be the same (H, W)")
         if not np.isfinite(amap).all():
             raise ValueError("anomaly map contains NaN or infinite values")
+        if predicted is not None:
+            predicted = np.asarray(predicted, dtype=bool)
+            if predicted.shape != truth.shape:
+                raise ValueError(f"predicted mask {predicted.shape} and ground truth {truth.shape} differ in size")
         self._images += 1
         self._neg.append(amap[~truth])
         if truth.any():
@@ -221,17 +225,16 @@ class PixelMetrics:
             self._region_sizes.append(sizes)
             self._n_regions += count - 1
         if predicted is not None:
-            predicted = np.asarray(predicted, dtype=bool)
-            if predicted.shape != truth.shape:
-                raise ValueError(f"predicted mask {predicted.shape} and ground truth {truth.shape} differ in size")
             inter = int(np.count_nonzero(predicted & truth))
             union = int(np.count_nonzero(predicted | truth))
             self._masks_seen += 1
             self._intersection += inter
             self._union += union
-            is_defective = bool(truth.any()) if defective is None else bool(defective)
-            if is_defective:
-                self._image_ious.append(1.0 if union == 0 else inter / union)
+            image_iou = 1.0 if union == 0 else inter / union
+            if bool(truth.any()) if defective is None else bool(defective):
+                self._image_ious.append(image_iou)
+            return image_iou
+        return None
 
     def result(self) -> tuple[dict[str, float | None], dict[str, str]]:
         """({"pixel_auroc", "pixel_ap", "aupro", "miou", "iou"}, notes). Consumes the stored pixels."""

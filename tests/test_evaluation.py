@@ -84,6 +84,7 @@ def test_perfect_predictor_scores_one(tmp_path: Path) -> None:
     assert report["dataset"] == {"path": str(dataset.root.resolve()), "layout": "station"}
     assert report["verdicts"] == {"good": {"OK": 16, "NG": 0, "REVIEW": 0}, "defect": {"OK": 0, "NG": 16, "REVIEW": 0}}
     assert report["notes"] == {} and report["seconds"] >= 0
+    assert report["by_type"] == {"defect": {"images": 16, "segmented": 16, "image_auroc": 1.0, "miou": 1.0}}
     assert detector.batches == [5] * 6 + [2]
     fractions = [e.fraction for e in events if e.stage == "evaluate"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 7

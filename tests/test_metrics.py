@@ -258,8 +258,12 @@ def test_pixel_inputs_checked_and_storage_released() -> None:
         acc.add(np.zeros((4, 4)), np.zeros((4, 5), bool))
     with pytest.raises(ValueError, match="NaN"):
         acc.add(np.full((4, 4), np.nan), np.zeros((4, 4), bool))
+    with pytest.raises(ValueError, match="differ in size"):
+        acc.add(np.zeros((4, 4)), np.zeros((4, 4), bool), np.zeros((3, 3), bool))
+    assert acc._neg == []  # a refused image leaves nothing behind
     amap, truth = _two_region_case()
-    acc.add(amap, truth)
+    assert acc.add(amap, truth) is None
+    assert PixelMetrics().add(amap, truth, amap > 0.6) == pytest.approx(2 / 4)  # hits .9, .7; false alarm .8
     assert sum(c.size for c in acc._neg) == 5  # only the values are kept, split by class
     values, _ = acc.result()
     assert acc._neg == [] and acc._pos == []   # handed over to the metric arrays, not duplicated
