@@ -15,8 +15,8 @@ images without a mask are left out of them (but not out of the image metrics).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
