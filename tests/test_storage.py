@@ -316,6 +316,7 @@ def test_model_activation_and_rollback(db, engineer, tmp_path):
     first = db.register_model(tmp_path / "m1", meta, user=engineer)
     second = db.register_model(tmp_path / "m2", {**meta, "name": "retrained"}, user=engineer)
     assert db.register_model(tmp_path / "m1", meta) == first  # same package: same row
+    assert sum(e.action == "register_model" for e in db.list_audit()) == 2  # unchanged: not audited again
     assert db.active_model() is None
     with pytest.raises(StorageError, match="no previously active"):
         db.rollback_model(engineer)

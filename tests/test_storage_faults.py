@@ -13,7 +13,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -28,7 +27,6 @@ BATCH = 4
 CHILD = r"""
 import sys
 from datetime import datetime, timedelta, timezone
-import numpy as np
 from core.storage import InspectionRecord, open_database
 url, data_dir, batch = (sys.argv[1] or None), sys.argv[2], int(sys.argv[3])
 db = open_database(url, data_dir)

@@ -9,9 +9,11 @@ unreferenced file, never a row without its image.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
+import secrets
 import threading
 import time as _time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,9 +47,13 @@ T = TypeVar("T")
 _PG_RETRY_CODES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 _SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
 _MAX_PAGE = 10_000
-# A valid hash of a random password: authenticate() verifies against it for unknown names so that
-# a wrong name and a wrong password take the same time.
-_DUMMY_HASH = hash_password("not-a-real-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A valid hash of a throw-away password: authenticate() verifies unknown names against it, so that a
+    wrong name and a wrong password take the same time. Made on first use (hashing is slow on purpose)."""
+    return hash_password(secrets.token_hex(16))
 
 
 @dataclass(frozen=True)
@@ -450,7 +456,7 @@ class StationDB:
         """The user when ``name`` exists, is active and ``password`` matches; otherwise None. Audited."""
         row = self._run(lambda s: s.scalars(select(UserRow).where(UserRow.name == str(name))).one_or_none(),
                         write=False)
-        matches = verify_password(str(password), row.password_hash if row is not None else _DUMMY_HASH)
+        matches = verify_password(str(password), row.password_hash if row is not None else _dummy_hash())
         user = _user_view(row) if row is not None and row.active and matches else None
         self._run(lambda s: self._audit_row(s, user, "login" if user else "login_failed",
                                             {"name": str(name)[:64]}), write=True)
@@ -527,6 +533,8 @@ class StationDB:
 
         def work(session: Session) -> int:
             row = session.scalars(select(ModelVersion).where(ModelVersion.package_path == path)).one_or_none()
+            if row is not None and (row.family, row.name, row.meta) == (family, name, meta):
+                return int(row.id)  # unchanged (e.g. every headless run registers its package): nothing to audit
             if row is None:
                 row = ModelVersion(package_path=path, family=family, name=name, meta=meta, created=now_utc(),
                                    is_active=False)
