@@ -147,13 +147,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_dataset(dataset) -> None:
+def _check_dataset(dataset, splits: tuple[str, ...] = ("train",)) -> None:
     """Open every file once before long work starts (a bad file fails now, not at minute 9)."""
-    try:
-        from core.data.dataset import check_dataset
-    except ImportError:
-        return
-    check_dataset(dataset)
+    from core.data.dataset import check_dataset
+
+    check_dataset(dataset, splits=splits)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -165,6 +163,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     detector = Detector.load(args.model, device=args.device)
     dataset = open_dataset(args.dataset, require_test=args.split == "test")
+    _check_dataset(dataset, splits=(args.split,))
     report = evaluate(detector, dataset, split=args.split, progress=StderrProgress())
     _print_json(report, args.json_out)
     if not args.no_record:
