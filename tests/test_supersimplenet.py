@@ -1,0 +1,259 @@
+"""SuperSimpleNet parts: Perlin masks, noise placement, losses, regimes, targets, package round trip and rejection."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.data.dataset import Sample
+from core.inference.package import PackageError, load_package, new_meta, save_package
+from core.inference.result import Thresholds
+from core.models.backbones import IMAGENET_NORMALISATION
+from core.models.supersimplenet import SuperSimpleNet, make_config
+from core.models.supersimplenet.loss import focal_loss, segmentation_loss, truncated_l1
+from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_noise
+from core.training.api import TrainingError
+from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, distance_weights,
+                                                  grid_targets, perturb, select_samples, training_step)
+
+GRID = (32, 32)
+
+
+# ---------------------------------------------------------------- Perlin masks
+def test_perlin_noise_shape_range_and_determinism():
+    a = perlin_noise((40, 24), (4, 2), np.random.default_rng(3))
+    b = perlin_noise((40, 24), (4, 2), np.random.default_rng(3))
+    assert a.shape == (40, 24) and a.dtype == np.float32
+    assert np.array_equal(a, b)
+    assert np.abs(a).max() <= 1.0 and a.std() > 0.05  # real variation, in Perlin's range
+    # lattice as fine as the grid: pixel-centre sampling still gives noise, not zeros
+    assert np.abs(perlin_noise(GRID, GRID, np.random.default_rng(0))).max() > 0.1
+
+
+def test_perlin_mask_is_binary_and_threshold_shrinks_it():
+    rng = np.random.default_rng(0)
+    low = [perlin_mask(GRID, 0.2, np.random.default_rng(seed)).mean() for seed in range(40)]
+    high = [perlin_mask(GRID, 0.6, np.random.default_rng(seed)).mean() for seed in range(40)]
+    mask = perlin_mask(GRID, 0.2, rng)
+    assert mask.dtype == bool and mask.shape == GRID
+    assert np.mean(low) > 3 * np.mean(high)  # same noise fields, higher threshold -> much smaller masks
+    assert np.mean(low) > 0.05
+
+
+def test_perlin_masks_batch_has_empty_and_non_empty_masks():
+    masks = perlin_masks(64, GRID, 0.2, np.random.default_rng(1), empty_fraction=0.5)
+    assert masks.shape == (64, 1, *GRID) and masks.dtype == torch.float32
+    assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
+    empty = int((masks.amax(dim=(1, 2, 3)) == 0).sum())
+    assert 16 <= empty <= 48  # about half are empty
+    assert perlin_masks(8, GRID, 0.2, np.random.default_rng(1), empty_fraction=1.0).sum() == 0
+
+
+# ---------------------------------------------------------------- losses
+def test_truncated_l1_is_zero_beyond_the_margin_and_averages_classes_separately():
+    target = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    assert truncated_l1(torch.tensor([-0.6, -0.5, -2.0, 0.7]), target).item() == pytest.approx(0.0)
+    # normal pixels: (0.5 + 0) / 3 ; anomalous: 0.5 - 0 = 0.5 -> each class mean counted once
+    value = truncated_l1(torch.tensor([0.0, -0.5, -0.5, 0.0]), target).item()
+    assert value == pytest.approx(0.5 / 3 + 0.5)
+    # a weight of zero removes a pixel
+    weight = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    assert truncated_l1(torch.tensor([9.0, -0.5, -0.5, 0.5]), target, weight).item() == pytest.approx(0.0)
+
+
+def test_focal_loss_matches_hand_computation_and_down_weights_easy_examples():
+    logits, target = torch.tensor([0.0]), torch.tensor([1.0])
+    # p = 0.5: bce = ln 2, (1 - p)^4 = 1/16
+    assert focal_loss(logits, target).item() == pytest.approx(np.log(2) / 16, rel=1e-5)
+    easy = focal_loss(torch.tensor([3.0]), torch.tensor([1.0])).item()
+    hard = focal_loss(torch.tensor([-3.0]), torch.tensor([1.0])).item()
+    assert hard > 1000 * easy
+    assert focal_loss(torch.tensor([3.0, -3.0]), torch.tensor([1.0, 1.0]),
+                      torch.tensor([1.0, 0.0])).item() == pytest.approx(easy, rel=1e-5)
+
+
+def test_segmentation_loss_decreases_when_the_map_is_right():
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:4, 2:4] = 1
+    right = torch.where(target > 0, 3.0, -3.0)
+    assert segmentation_loss(right, target).item() < 0.01 < segmentation_loss(-right, target).item()
+
+
+# ---------------------------------------------------------------- regimes
+def _samples(tmp: Path) -> list[Sample]:
+    return [Sample(tmp / "g0.png", 0), Sample(tmp / "g1.png", 0),
+            Sample(tmp / "d0.png", 1, tmp / "m0.png"), Sample(tmp / "d1.png", 1, None)]
+
+
+def test_regimes_pick_samples_and_masks(tmp_path):
+    train = _samples(tmp_path)
+    unsup = select_samples(train, "unsupervised")
+    assert [s.label for s in unsup.samples] == [0, 0] and unsup.use_mask == [True, True]
+    weak = select_samples(train, "weak")
+    assert len(weak.samples) == 4 and weak.use_mask == [True, True, False, False]  # masks ignored even if present
+    mixed = select_samples(train, "mixed")
+    assert mixed.use_mask == [True, True, True, False]
+    with pytest.raises(TrainingError, match="d1.png"):
+        select_samples(train, "full")
+    full = select_samples(train[:3], "full")
+    assert full.use_mask == [True, True, True]
+    with pytest.raises(TrainingError, match="no defect|needs defect"):
+        select_samples(train[:2], "weak")
+    with pytest.raises(TrainingError, match="no good"):
+        select_samples(train[2:], "mixed")
+
+
+def test_grid_targets_dilate_weight_and_keep_tiny_defects():
+    mask = np.zeros((256, 256), bool)
+    mask[100:102, 100:102] = True  # 4 pixels: far below half an 8x8 cell
+    target, weight, block = grid_targets(mask, GRID, dilation=7, weighted=True)
+    assert target.sum() >= 1 and block.sum() >= target.sum()
+    assert np.all(weight[target == 0] == 1.0)
+    unknown = grid_targets(None, GRID, 7, True)
+    assert all(a.sum() == 0 for a in unknown)  # unknown mask: no map loss, noise allowed anywhere
+    good_target, good_weight, good_block = grid_targets(np.zeros((256, 256), bool), GRID, 7, True)
+    assert good_target.sum() == 0 and good_block.sum() == 0 and np.all(good_weight == 1)
+
+
+def test_distance_weights_peak_in_the_defect_core():
+    mask = np.zeros((21, 21), bool)
+    mask[5:16, 5:16] = True
+    weights = distance_weights(mask)
+    assert weights[0, 0] == 1.0 and weights[10, 10] == pytest.approx(3.0)
+    assert weights[5, 10] < 0.2 * weights[10, 10]
+
+
+def test_balanced_sampler_halves_good_and_defect():
+    labels = np.array([0] * 30 + [1] * 5, dtype=np.float32)
+    sampler = BalancedSampler(labels, 8, np.random.default_rng(0))
+    batches = [sampler.batch() for _ in range(20)]
+    assert all((labels[b] == 1).sum() == 4 for b in batches)
+    only_good = BalancedSampler(np.zeros(10, np.float32), 4, np.random.default_rng(0))
+    assert set(np.concatenate([only_good.batch() for _ in range(5)]).tolist()) <= set(range(10))
+
+
+# ---------------------------------------------------------------- noise placement and the union rule
+def _perturb(batch: int, block: torch.Tensor, label: torch.Tensor, known: torch.Tensor):
+    adapted = torch.zeros(batch, 4, *GRID)
+    return perturb(adapted, block.clone(), torch.ones_like(block), block, known, label, 0.2, 0.015,
+                   np.random.default_rng(0))
+
+
+def test_noise_only_inside_the_perlin_mask_and_never_on_known_defects():
+    batch = 32
+    block = torch.zeros(batch, 1, *GRID)
+    block[:, :, 8:24, 8:24] = 1  # known defect pixels
+    out = _perturb(batch, block, torch.ones(batch), torch.ones(batch, dtype=torch.bool))
+    real, noised = out.x[:batch], out.x[batch:]
+    assert torch.all(real == 0)  # the real half is untouched
+    changed = (noised != 0).any(dim=1, keepdim=True)
+    assert changed.any(), "some copies must carry noise"
+    assert torch.equal(changed.float(), out.noise_mask), "noise exactly where the Perlin mask is"
+    assert not changed[block.bool()].any(), "noise inside known defect pixels"
+    assert 0.01 < float(noised[changed.expand_as(noised)].std()) < 0.02  # N(0, 0.015^2)
+    assert torch.all(out.target[batch:] >= out.target[:batch])
+    assert torch.all(out.label == 1)  # defect images stay anomalous, noised or not
+
+
+def test_labels_and_masks_follow_the_union_rule():
+    batch = 64
+    zeros = torch.zeros(batch, 1, *GRID)
+    out = _perturb(batch, zeros, torch.zeros(batch), torch.ones(batch, dtype=torch.bool))
+    noised = out.noise_mask.amax(dim=(1, 2, 3)) > 0
+    assert 10 < int(noised.sum()) < 54  # about half the copies carry a mask
+    assert torch.all(out.label[:batch] == 0)
+    assert torch.equal(out.label[batch:].bool(), noised)  # a copy is anomalous iff its mask is non-empty
+    assert torch.equal(out.target[batch:], out.noise_mask)
+    assert out.known.shape == (2 * batch,) and out.weight.shape == out.target.shape
+
+
+def test_unknown_masks_train_the_score_only():
+    net = SuperSimpleNet(make_config("efficientnet_lite0", seg_width=16), pretrained=False).train()
+    batch = 4
+    zeros = torch.zeros(batch, 1, *GRID, dtype=torch.float16)
+    targets = GridTargets(known=torch.zeros(batch, dtype=torch.bool), label=torch.ones(batch), mask=zeros,
+                          weight=zeros, block=zeros)
+    loss, parts = training_step(net, torch.randn(batch, 152, *GRID), targets, torch.arange(batch),
+                                {**DEFAULTS, "perlin_threshold": 0.2}, np.random.default_rng(0), detach_map=False)
+    assert parts["seg"] == 0.0 and parts["cls"] > 0
+    loss.backward()
+    assert float(net.cls_head.fc.weight.grad.abs().sum()) > 0
+
+
+def test_unsupervised_detaches_the_map_from_the_classification_head():
+    net = SuperSimpleNet(make_config("efficientnet_lite0", seg_width=16), pretrained=False).train()
+    x = torch.randn(4, 152, *GRID)
+    _, score = net.decide(x, detach_map=True)
+    score.sum().backward()
+    assert net.seg_head.layers[0].weight.grad is None  # no gradient reached the segmentation head
+    net.zero_grad(set_to_none=True)
+    _, score = net.decide(x, detach_map=False)
+    score.sum().backward()
+    assert float(net.seg_head.layers[0].weight.grad.abs().sum()) > 0
+
+
+# ---------------------------------------------------------------- packages
+def _package(tmp_path: Path, config: dict | None = None) -> tuple[Path, SuperSimpleNet]:
+    config = config or make_config("efficientnet_lite0", seg_width=32)
+    net = SuperSimpleNet(config, pretrained=False)
+    for p in net.parameters():  # make every weight meaningful, not the init pattern
+        torch.nn.init.normal_(p, std=0.05)
+    net.eval()
+    meta = new_meta(family="supersimplenet", backbone="efficientnet_lite0", config=config, input_size=(64, 64),
+                    normalisation=IMAGENET_NORMALISATION, thresholds=Thresholds(0.3, 0.6, 0.5),
+                    dataset={"path": "x", "hash": "0", "supervision": "weak"})
+    return save_package(tmp_path / "pkg", net, meta), net
+
+
+def test_forward_contract_shapes_and_ranges():
+    net = SuperSimpleNet(make_config("efficientnet_lite0", seg_width=32), pretrained=False).eval()
+    with torch.inference_mode():
+        maps, scores = net(torch.randn(2, 3, 96, 64))
+    assert maps.shape == (2, 1, 96, 64) and scores.shape == (2,)
+    assert 0 <= float(maps.min()) and float(maps.max()) <= 1 and torch.all((scores >= 0) & (scores <= 1))
+
+
+def test_package_round_trip_gives_identical_outputs(tmp_path):
+    path, net = _package(tmp_path)
+    loaded = load_package(path)
+    assert isinstance(loaded.network, SuperSimpleNet)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        a_map, a_score = net(x)
+        b_map, b_score = loaded.network(x)
+    assert torch.equal(a_map, b_map) and torch.equal(a_score, b_score)
+
+
+def test_corrupt_weights_are_rejected(tmp_path):
+    path, _ = _package(tmp_path)
+    data = (path / "weights.safetensors").read_bytes()
+    (path / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PackageError, match="safetensors"):
+        load_package(path)
+
+
+def test_wrong_shapes_are_rejected(tmp_path):
+    path, _ = _package(tmp_path)
+    meta = json.loads((path / "model.json").read_text())
+    meta["config"]["seg_width"] = 64  # the weights were saved with 32
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(PackageError, match="shape"):
+        load_package(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(family="nosuchnet"), "unknown model family"),
+    (lambda m: m.update(format_version=99), "newer"),
+    (lambda m: m["config"].pop("seg_width"), "cannot build"),
+    (lambda m: m.update(backbone="wide_resnet50_2"), "cannot build"),
+])
+def test_bad_meta_is_rejected_with_a_clear_message(tmp_path, edit, message):
+    path, _ = _package(tmp_path)
+    meta = json.loads((path / "model.json").read_text())
+    edit(meta)
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(PackageError, match=message):
+        load_package(path)
