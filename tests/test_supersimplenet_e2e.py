@@ -1,0 +1,92 @@
+"""End to end: train SuperSimpleNet on synthetic surfaces with planted defects, load the package, check it works."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from core.data.dataset import open_dataset
+from core.data.synthetic import write_synthetic_dataset
+from core.inference.detector import Detector
+from core.inference.package import load_package
+from core.metrics import auroc
+from core.training.api import ProgressEvent, TrainingCancelled, TrainOptions, trainer_for
+
+SIZE = 96  # small images and network input keep each training run to seconds on CI
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = write_synthetic_dataset(tmp_path_factory.mktemp("ssn") / "data", train_good=32, train_defect=16,
+                                   test_good=16, test_defect=16, size=(SIZE, SIZE), seed=3)
+    return open_dataset(root)
+
+
+def _train(dataset, out, supervision, epochs, **kwargs):
+    events: list[ProgressEvent] = []
+    options = TrainOptions(out=out, supervision=supervision, epochs=epochs, device=kwargs.pop("device", "cpu"), seed=0,
+                           extra={"input_size": [SIZE, SIZE], "batch_size": 8, **kwargs.pop("extra", {})}, **kwargs)
+    path = trainer_for("supersimplenet")(dataset, options, events.append)
+    return path, events
+
+
+def test_weak_training_separates_planted_defects(dataset, tmp_path):
+    path, events = _train(dataset, tmp_path / "weak", "weak", epochs=6)
+    stages = [e.stage for e in events]
+    assert {"features", "train", "calibrate", "done"} <= set(stages)
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(e.eta_s is not None and "loss" in e.metrics for e in events if e.stage == "train")
+
+    detector = Detector.load(path, device="cpu")
+    meta = detector.package.meta
+    assert meta["family"] == "supersimplenet" and meta["dataset"]["supervision"] == "weak"
+    assert meta["dataset"]["hash"] == dataset.content_hash()
+    images = [s.load()[0] for s in dataset.test]
+    labels = np.array([s.label for s in dataset.test])
+    results = detector.predict(images)
+    scores = np.array([r.score for r in results])
+    assert auroc(scores, labels) >= 0.85, f"score AUROC {auroc(scores, labels):.3f} on planted defects"
+    assert results[0].anomaly_map.shape == images[0].shape[:2]
+    # calibrated verdicts: most defects are not called OK, most good images are not called NG
+    verdicts = [r.verdict.value for r in results]
+    good_ng = sum(v == "NG" for v, y in zip(verdicts, labels) if y == 0)
+    assert good_ng <= len(labels) // 4
+
+
+def test_full_supervision_localises_defects(dataset, tmp_path):
+    path, _ = _train(dataset, tmp_path / "full", "full", epochs=6)
+    detector = Detector.load(path, device="cpu")
+    inside, outside = [], []
+    for sample in dataset.test:
+        if sample.label != 1:
+            continue
+        image, mask = sample.load()
+        amap = detector.predict([image])[0].anomaly_map
+        inside.append(amap[mask].mean())
+        outside.append(amap[~mask].mean())
+    assert np.mean(np.array(inside) > np.array(outside)) >= 0.8  # the map is higher on the defect itself
+
+
+def test_unsupervised_and_cancel(dataset, tmp_path):
+    path, _ = _train(dataset, tmp_path / "unsup", "unsupervised", epochs=1)
+    meta = load_package(path).meta
+    assert meta["training"]["images"] == 32 and meta["thresholds"]["ok"] == meta["thresholds"]["ng"]
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(TrainingCancelled):
+        _train(dataset, tmp_path / "cancelled", "weak", epochs=1, cancel=cancel)
+    assert not (tmp_path / "cancelled" / "model.json").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: the CUDA path is not exercised")
+def test_cuda_training_and_fp16_inference(dataset, tmp_path):
+    path, _ = _train(dataset, tmp_path / "cuda", "weak", epochs=2, device="cuda")
+    full = Detector.load(path, device="cuda")
+    half = Detector.load(path, device="cuda", half=True)
+    images = [s.load()[0] for s in dataset.test[:8]]
+    a = np.array([r.score for r in full.predict(images)])
+    b = np.array([r.score for r in half.predict(images)])
+    assert np.allclose(a, b, atol=2e-2)
