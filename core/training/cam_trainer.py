@@ -1,0 +1,289 @@
+"""Trainer of the "cam" family: the weakly supervised pipeline from OK/NG image labels to a distilled
+segmenter (Yan et al., Applied Soft Computing 184 (2025) 113661, rebuilt from its abstract).
+
+Stages (progress events carry these names; wall times land in meta["config"]["stage_seconds"]):
+  load, features     train images at input size; frozen-backbone taps cached once (float16)
+  dfc                CAM head trained on image labels (BCE on top-k pooled CAM)       = plain CAM
+  clm                + contrastive module (SupCon on CAM-pooled region embeddings)      = +CLM
+  gcm                + guided crops of the current CAMs (and random crops of good ones)  = +GCM
+  iem                inpainting extension of the defect images' CAMs                    = +IEM
+  crf                dense CRF -> pseudo masks with an ignore band                     = +CRF
+  segmenter-1        decoder trained on the pseudo masks                               = round 1
+  refine             its maps on the training defect images, CRF-refined again
+  segmenter-2        decoder trained on the refined masks                              = round 2
+  calibrate          thresholds from training images only (pseudo masks, image labels)
+Masks of the dataset are never read. Only the segmenter (with the classifier's head as its image
+score) goes into the package. With options.extra["keep_stages"] the intermediate heads and the
+round-1 segmenter are written beside the package (``<out>.stages/``) for benchmarks/cam_ablation.py.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from core.data.dataset import Dataset
+from core.inference.calibration import CalibrationError, image_thresholds, pixel_threshold
+from core.inference.detector import resolve_device
+from core.inference.package import new_meta, save_package
+from core.inference.result import Thresholds
+from core.models.backbones import IMAGENET_NORMALISATION, backbone_channels, build_backbone
+from core.models.cam_classifier import CamHead, DefectFocusClassifier
+from core.models.cam_segmenter import DEFAULT_CONFIG, CamSegmenter
+from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions
+from core.training.cam.contrastive import Projection
+from core.training.cam.crf import IGNORE
+from core.training.cam.dfc import HeadSchedule, cams_from_features, image_classifier, train_head
+from core.training.cam.guided_crop import guided_crops
+from core.training.cam.images import extract_features, load_images
+from core.training.cam.inpainting import inpaint_extend
+from core.training.cam.pseudo_masks import crf_pseudo_masks, mask_stats
+from core.training.cam.segmenter_training import predict_from_features, train_decoder
+
+
+@dataclass
+class CamConfig:
+    """Hyper-parameters; any can be overridden through TrainOptions.extra (same names)."""
+
+    input_size: int = 256
+    dfc_epochs: int = 8
+    clm_epochs: int = 8
+    gcm_rounds: int = 2
+    gcm_epochs: int = 4
+    seg_epochs: int = 8          # per segmenter round
+    head_lr: float = 2e-3
+    seg_lr: float = 3e-3
+    clm_weight: float = 0.3
+    temperature: float = 0.1
+    topk_fraction: float = 0.02
+    gcm_margin: float = 0.5
+    gcm_min_side: int = 64
+    iem_rounds: int = 3
+    iem_threshold: float = 0.5
+    crf_iterations: int = 5
+    crf_bilateral_sxy: float = 20.0
+    crf_bilateral_srgb: float = 10.0
+    crf_bilateral_compat: float = 6.0
+    mask_high: float = 0.7
+    mask_low: float = 0.3
+    mask_ring: int = 2
+    good_per_epoch: int = 0      # good images per segmenter epoch; 0: as many as defect images
+    threads: int = 2
+
+    @classmethod
+    def from_options(cls, options: TrainOptions) -> "CamConfig":
+        known = {f.name: f.type for f in fields(cls)}
+        # keep_stages: see the module docstring; paper: the CLI's switch for SuperSimpleNet, nothing here
+        extra = {k: v for k, v in options.extra.items() if k not in ("keep_stages", "paper")}
+        unknown = sorted(set(extra) - set(known))
+        if unknown:
+            raise TrainingError(f"unknown cam training options {unknown}; known: {sorted(known)}")
+        config = cls(**extra)
+        if options.epochs is not None:
+            if options.epochs < 1:
+                raise TrainingError(f"epochs must be at least 1, got {options.epochs}")
+            config.dfc_epochs = config.clm_epochs = config.seg_epochs = options.epochs
+            config.gcm_epochs = max(1, options.epochs // 2)
+        return config
+
+    def crf(self) -> dict:
+        return {"iterations": self.crf_iterations, "bilateral_sxy": self.crf_bilateral_sxy,
+                "bilateral_srgb": self.crf_bilateral_srgb, "bilateral_compat": self.crf_bilateral_compat}
+
+
+# Share of the run each stage takes (for the overall fraction and ETA), from a CPU run on mtd.
+_WEIGHTS = {"load": 0.04, "features": 0.16, "dfc": 0.04, "clm": 0.05, "gcm": 0.2, "iem": 0.1, "crf": 0.05,
+            "segmenter-1": 0.14, "refine": 0.05, "segmenter-2": 0.14, "calibrate": 0.03}
+
+
+class _Stages:
+    """Per-stage wall time and progress events whose fraction covers the whole run."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.clock = EtaClock()
+        self.seconds: dict[str, float] = {}
+        self._done = 0.0
+        self._stage = ""
+        self._start = 0.0
+
+    def begin(self, stage: str, message: str = "") -> None:
+        self._stage, self._start = stage, time.monotonic()
+        self.update(0.0, message)
+
+    def update(self, within: float, message: str = "", **metrics: float) -> None:
+        fraction = min(1.0, self._done + _WEIGHTS[self._stage] * min(1.0, within))
+        self.progress(ProgressEvent(self._stage, fraction, message, self.clock.eta(fraction), metrics))
+
+    def end(self, message: str = "", **metrics: float) -> None:
+        self.seconds[self._stage] = round(time.monotonic() - self._start, 1)
+        self._done += _WEIGHTS[self._stage]
+        self.progress(ProgressEvent(self._stage, min(1.0, self._done), f"done in {self.seconds[self._stage]:.1f}s"
+                                    + (f"; {message}" if message else ""), self.clock.eta(self._done), metrics))
+
+
+def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
+    """Run the whole pipeline on ``dataset.train`` (image labels only) and write the package to options.out."""
+    if options.supervision not in ("weak", "mixed", "full"):
+        raise TrainingError(f"the cam family learns from image labels; supervision {options.supervision!r} "
+                            "gives it no defect images (use weak)")
+    samples = dataset.train
+    labels = np.asarray([s.label for s in samples], np.int64)
+    if labels.sum() < 2 or (labels == 0).sum() < 2:
+        raise TrainingError(f"{dataset.root}: the cam family needs at least 2 good and 2 defect training images "
+                            f"(found {(labels == 0).sum()} good, {labels.sum()} defect)")
+    cfg = CamConfig.from_options(options)
+    device = resolve_device(options.device)
+    if device.type == "cpu" and cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    size = (cfg.input_size, cfg.input_size)
+    norm = IMAGENET_NORMALISATION
+    stages = _Stages(progress)
+    keep = Path(str(options.out) + ".stages") if options.extra.get("keep_stages") else None
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+
+    stages.begin("load", f"{len(samples)} images")
+    data = load_images(samples, size, on_image=lambda i: (options.check_cancel(), stages.update((i + 1) / len(samples))))
+    stages.end()
+
+    stages.begin("features", f"backbone {options.backbone}")
+    backbone = build_backbone(options.backbone, weights_path=options.backbone_weights).to(device)
+    channels = backbone_channels(options.backbone)
+    f8, f16 = extract_features(backbone, data.images, norm, device=device, check_cancel=options.check_cancel,
+                               on_batch=lambda n: stages.update(n / len(samples), f"{n}/{len(samples)}"))
+    stages.end()
+
+    head = CamHead(sum(channels), DEFAULT_CONFIG["head_hidden"]).to(device)
+    projection = Projection(DEFAULT_CONFIG["head_hidden"]).to(device)
+    schedule = dict(lr=cfg.head_lr, temperature=cfg.temperature, topk_fraction=cfg.topk_fraction)
+
+    def head_epoch(total: int):
+        return lambda e, m: stages.update((e + 1) / total, f"epoch {e + 1}/{total}", **m)
+
+    stages.begin("dfc", "CAM classifier on image labels")
+    train_head(head, f8, f16, labels, HeadSchedule(epochs=cfg.dfc_epochs, **schedule), seed=options.seed,
+               device=device, check_cancel=options.check_cancel, on_epoch=head_epoch(cfg.dfc_epochs))
+    _keep_head(keep, "cam", head)
+    if keep is not None:  # control for the ablation: plain CAM trained as long as +CLM, without the CLM
+        control = copy.deepcopy(head)
+        train_head(control, f8, f16, labels, HeadSchedule(epochs=cfg.clm_epochs, **schedule), seed=options.seed + 1,
+                   device=device, check_cancel=options.check_cancel)
+        _keep_head(keep, "cam_long", control)
+    stages.end()
+
+    stages.begin("clm", "contrastive module")
+    train_head(head, f8, f16, labels, HeadSchedule(epochs=cfg.clm_epochs, clm_weight=cfg.clm_weight, **schedule),
+               projection=projection, seed=options.seed + 1, device=device, check_cancel=options.check_cancel,
+               on_epoch=head_epoch(cfg.clm_epochs))
+    _keep_head(keep, "clm", head)
+    stages.end()
+
+    classifier = DefectFocusClassifier(backbone, head, cfg.topk_fraction)
+    classify = image_classifier(classifier, norm, device=device)
+    stages.begin("gcm", f"{cfg.gcm_rounds} rounds of guided crops")
+    for round_index in range(cfg.gcm_rounds):
+        _, cams = cams_from_features(head, f8, f16, size, cfg.topk_fraction, device=device)
+        crops, crop_labels, _ = guided_crops(data.images, cams, labels, rng, margin=cfg.gcm_margin,
+                                             min_side=cfg.gcm_min_side)
+        c8, c16 = extract_features(backbone, crops, norm, device=device, check_cancel=options.check_cancel)
+        stages.update((round_index + 0.5) / cfg.gcm_rounds, f"round {round_index + 1}: {len(crops)} crops")
+        train_head(head, torch.cat([f8, c8]), torch.cat([f16, c16]), np.concatenate([labels, crop_labels]),
+                   HeadSchedule(epochs=cfg.gcm_epochs, clm_weight=cfg.clm_weight, **schedule), projection=projection,
+                   seed=options.seed + 2 + round_index, device=device, check_cancel=options.check_cancel)
+        stages.update((round_index + 1) / cfg.gcm_rounds, f"round {round_index + 1} trained")
+    _keep_head(keep, "gcm", head)
+    train_probs, cams = cams_from_features(head, f8, f16, size, cfg.topk_fraction, device=device)
+    stages.end(train_ap=_train_ap(train_probs, labels))
+
+    stages.begin("iem", f"up to {cfg.iem_rounds} inpainting rounds")
+    defect = np.flatnonzero(labels > 0)
+    extended, used = inpaint_extend(data.images[defect], cams[defect], classify, rounds=cfg.iem_rounds,
+                                    threshold=cfg.iem_threshold)
+    maps = cams.copy()
+    maps[defect] = extended
+    stages.end(f"mean rounds {used.mean():.2f}", grown_px=float((extended >= 0.5).mean() - (cams[defect] >= 0.5).mean()))
+
+    stages.begin("crf", f"{len(defect)} defect images")
+    masks, _ = crf_pseudo_masks(data.images, maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
+                                ring=cfg.mask_ring, check_cancel=options.check_cancel,
+                                on_image=lambda i: stages.update((i + 1) / len(defect)))
+    stages.end(**mask_stats(masks, labels))
+
+    network_config = {**DEFAULT_CONFIG, "topk_fraction": cfg.topk_fraction}
+    model = CamSegmenter(backbone, channels, network_config).to(device)
+    model.score_head.load_state_dict(head.state_dict())   # the distilled network's image score
+    good_per_epoch = cfg.good_per_epoch or None
+    seg_kwargs = dict(epochs=cfg.seg_epochs, lr=cfg.seg_lr, good_per_epoch=good_per_epoch, device=device,
+                      check_cancel=options.check_cancel)
+
+    stages.begin("segmenter-1", "decoder on CRF pseudo masks")
+    train_decoder(model, f8, f16, data.images, masks, labels, norm, seed=options.seed + 10, **seg_kwargs,
+                  on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs, f"epoch {e + 1}", loss=loss))
+    stages.end()
+    meta_base = dict(family="cam", backbone=options.backbone, input_size=size, normalisation=norm,
+                     dataset={"path": str(dataset.root), "hash": dataset.content_hash(), "supervision": "weak"})
+    if keep is not None:
+        round1 = _calibrate(model, f8, f16, data.images, labels, masks, norm, device)
+        save_package(keep / "seg1", model, new_meta(config={"network": network_config}, thresholds=round1, **meta_base))
+
+    stages.begin("refine", "CRF on the segmenter's maps")
+    _, seg_maps = predict_from_features(model, f8, f16, data.images, norm, device=device)
+    masks2, _ = crf_pseudo_masks(data.images, seg_maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
+                                 ring=cfg.mask_ring, check_cancel=options.check_cancel,
+                                 on_image=lambda i: stages.update((i + 1) / len(defect)))
+    stages.end(**mask_stats(masks2, labels))
+
+    stages.begin("segmenter-2", "decoder on refined masks")
+    train_decoder(model, f8, f16, data.images, masks2, labels, norm, seed=options.seed + 20, **seg_kwargs,
+                  on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs, f"epoch {e + 1}", loss=loss))
+    stages.end()
+
+    stages.begin("calibrate", "thresholds from training images and pseudo masks")
+    thresholds = _calibrate(model, f8, f16, data.images, labels, masks2, norm, device)
+    stages.end(pixel=thresholds.pixel, ok=thresholds.ok, ng=thresholds.ng)
+
+    config = {"network": network_config, "training": asdict(cfg), "seed": options.seed,
+              "device": str(device), "stage_seconds": dict(stages.seconds),
+              "total_seconds": round(sum(stages.seconds.values()), 1)}
+    meta = new_meta(config=config, thresholds=thresholds,
+                    evaluation={"train_seconds": config["total_seconds"]}, **meta_base)
+    if keep is not None:
+        (keep / "config.json").write_text(json.dumps(config, indent=2))
+    return save_package(options.out, model.cpu(), meta)
+
+
+def _calibrate(model: CamSegmenter, f8: torch.Tensor, f16: torch.Tensor, images: np.ndarray, labels: np.ndarray,
+               masks: np.ndarray, norm: dict, device: torch.device) -> Thresholds:
+    """Image thresholds from the training scores and labels; the pixel threshold that best fits the
+    pseudo masks over their non-ignored pixels (good images: all background)."""
+    scores, maps = predict_from_features(model, f8, f16, images, norm, device=device)
+    ok, ng = image_thresholds(scores, labels)
+    valid = [m != IGNORE for m in masks]
+    try:
+        pixel = pixel_threshold([amap[v] for amap, v in zip(maps, valid)],
+                                [(m[v] == 1) & bool(label) for m, v, label in zip(masks, valid, labels)])
+    except CalibrationError:
+        pixel = 0.5
+    return Thresholds(ok=ok, ng=ng, pixel=float(pixel))
+
+
+def _keep_head(keep: Path | None, name: str, head: CamHead) -> None:
+    if keep is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+                  str(keep / f"head_{name}.safetensors"))
+
+
+def _train_ap(probs: np.ndarray, labels: np.ndarray) -> float:
+    from core.metrics import average_precision
+
+    value = average_precision(probs, labels)
+    return float("nan") if value is None else float(value)
