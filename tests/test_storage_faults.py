@@ -22,11 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 BATCH = 4
 
-# The child writes batches of BATCH records with distinct images forever and prints the number of each
-# batch after write_inspections returned (i.e. after its commit).
+# The child writes batches of BATCH records with distinct images forever and prints one line (the records
+# written so far) after each write_inspections call returned, i.e. after each commit.
 CHILD = r"""
 import sys
 from datetime import datetime, timedelta, timezone
+import numpy as np
 from core.storage import InspectionRecord, open_database
 url, data_dir, batch = (sys.argv[1] or None), sys.argv[2], int(sys.argv[3])
 db = open_database(url, data_dir)
