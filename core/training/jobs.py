@@ -228,8 +228,8 @@ def _child_main(spec_data: dict, out_queue, cancel_event) -> None:
         if spec.evaluate:
             send("progress", asdict(ProgressEvent("evaluate", share, "evaluating on the held-back images")))
             figures = _evaluate(path, dataset, spec.device)
-            send("log", "evaluation: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                                     for k, v in figures.items()))
+            send("log", "evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in figures.items()
+                                                     if isinstance(v, float)))
         send("progress", asdict(ProgressEvent("done", 1.0, f"model package written to {path}", 0.0)))
         send("done", str(path))
     except TrainingCancelled as exc:

@@ -1,0 +1,219 @@
+"""Log-in dialog and the Users screen (users, roles, the audit log).
+
+Passwords are checked by the database (salted scrypt hashes, core.storage); the check runs in a worker
+because scrypt is deliberately slow. Operators tag and start/stop; engineers also retrain, calibrate,
+promote and change settings; admins also manage users.
+"""
+from __future__ import annotations
+
+import json
+from datetime import timezone
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QFormLayout, QGroupBox, QHBoxLayout,
+                               QHeaderView, QLabel, QLineEdit, QPushButton, QTableWidget, QTableWidgetItem,
+                               QVBoxLayout, QWidget)
+
+from core.storage.roles import ROLE_PERMISSIONS, ROLES
+from inspector import workers
+
+AUDIT_PAGE = 100
+
+
+class LoginDialog(QDialog):
+    """Asks for a name and password; ``user`` holds the authenticated User after accept()."""
+
+    def __init__(self, db, demo_credentials: list[tuple[str, str, str]] | None = None, parent=None) -> None:
+        super().__init__(parent)
+        self.db = db
+        self.user = None
+        self.setWindowTitle("Inspection station — log in")
+        self.setMinimumWidth(420)
+        title = QLabel("Log in")
+        title.setObjectName("pageTitle")
+        self.name = QLineEdit()
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.message = QLabel("")
+        self.message.setObjectName("hint")
+        self.message.setWordWrap(True)
+        self.ok_button = QPushButton("Log in")
+        self.ok_button.setObjectName("primary")
+        self.ok_button.setDefault(True)
+        self.ok_button.clicked.connect(self.try_login)
+        cancel = QPushButton("Quit")
+        cancel.clicked.connect(self.reject)
+        form = QFormLayout()
+        form.addRow("User", self.name)
+        form.addRow("Password", self.password)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(cancel)
+        buttons.addWidget(self.ok_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(title)
+        if demo_credentials:
+            lines = "<br>".join(f"<b>{name}</b> / <b>{password}</b> — {role}" for name, password, role in demo_credentials)
+            demo = QLabel(f"Demo station. Log in as:<br>{lines}")
+            demo.setObjectName("infoBar")
+            demo.setTextFormat(Qt.TextFormat.RichText)
+            layout.addWidget(demo)
+            self.name.setText(demo_credentials[0][0])
+        layout.addLayout(form)
+        layout.addWidget(self.message)
+        layout.addLayout(buttons)
+
+    def try_login(self) -> None:
+        name, password = self.name.text().strip(), self.password.text()
+        if not name or not password:
+            self.message.setText("Enter your user name and password.")
+            return
+        self.ok_button.setEnabled(False)
+        self.message.setText("Checking…")
+        db = self.db
+        workers.submit(lambda: db.authenticate(name, password), self._answer, self._failed, "login")
+
+    def _answer(self, user) -> None:
+        self.ok_button.setEnabled(True)
+        if user is None:
+            self.message.setText("Wrong user name or password (or the user is disabled).")
+            self.password.selectAll()
+            self.password.setFocus()
+            return
+        self.user = user
+        self.accept()
+
+    def _failed(self, message: str) -> None:
+        self.ok_button.setEnabled(True)
+        self.message.setText(f"The log-in could not be checked: {message}")
+
+
+class UsersPage(QWidget):
+    """Users and roles (admins add users and change roles) and the audit log, newest first, paged."""
+
+    def __init__(self, context) -> None:
+        super().__init__()
+        self.context = context
+        self.audit_offset = 0
+        title = QLabel("Users and audit log")
+        title.setObjectName("pageTitle")
+
+        self.users = QTableWidget(0, 3)
+        self.users.setHorizontalHeaderLabels(["User", "Role", "Active"])
+        self.users.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.users.verticalHeader().setVisible(False)
+        self.users.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        rights = QLabel("<br>".join(f"<b>{role}</b>: {', '.join(sorted(a.replace('_', ' ') for a in actions))}"
+                                    for role, actions in ROLE_PERMISSIONS.items()))
+        rights.setTextFormat(Qt.TextFormat.RichText)
+        rights.setWordWrap(True)
+        rights.setObjectName("hint")
+        self.new_name = QLineEdit()
+        self.new_password = QLineEdit()
+        self.new_password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.new_role = QComboBox()
+        self.new_role.addItems(list(ROLES))
+        self.add_button = QPushButton("Add user")
+        self.add_button.clicked.connect(self.add_user)
+        add_form = QFormLayout()
+        add_form.addRow("Name", self.new_name)
+        add_form.addRow("Password", self.new_password)
+        add_form.addRow("Role", self.new_role)
+        add_form.addRow(self.add_button)
+        users_group = QGroupBox("Users")
+        users_layout = QVBoxLayout(users_group)
+        users_layout.addWidget(self.users, 1)
+        users_layout.addWidget(rights)
+        users_layout.addLayout(add_form)
+
+        self.audit = QTableWidget(0, 4)
+        self.audit.setHorizontalHeaderLabels(["Time (UTC)", "User", "Action", "Details"])
+        self.audit.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.audit.verticalHeader().setVisible(False)
+        self.audit.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.audit.horizontalHeader().setStretchLastSection(True)
+        self.audit.setWordWrap(False)
+        self.newer = QPushButton("◀ Newer")
+        self.older = QPushButton("Older ▶")
+        self.refresh_button = QPushButton("Refresh")
+        self.page_label = QLabel("")
+        self.newer.clicked.connect(lambda: self.load_audit(max(0, self.audit_offset - AUDIT_PAGE)))
+        self.older.clicked.connect(lambda: self.load_audit(self.audit_offset + AUDIT_PAGE))
+        self.refresh_button.clicked.connect(self.refresh)
+        nav = QHBoxLayout()
+        nav.addWidget(self.page_label, 1)
+        nav.addWidget(self.refresh_button)
+        nav.addWidget(self.newer)
+        nav.addWidget(self.older)
+        audit_group = QGroupBox("Audit log: every change that affects the line")
+        audit_layout = QVBoxLayout(audit_group)
+        audit_layout.addWidget(self.audit, 1)
+        audit_layout.addLayout(nav)
+
+        body = QHBoxLayout()
+        body.addWidget(users_group, 2)
+        body.addWidget(audit_group, 5)
+        layout = QVBoxLayout(self)
+        layout.addWidget(title)
+        layout.addLayout(body, 1)
+        context.user_changed.connect(lambda _u: self._update_rights())
+        self._update_rights()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self.refresh()
+
+    def _update_rights(self) -> None:
+        may = self.context.may("manage_users")
+        for widget in (self.new_name, self.new_password, self.new_role, self.add_button):
+            widget.setEnabled(may)
+
+    def refresh(self) -> None:
+        db = self.context.db
+        workers.submit(db.list_users, self._users_arrived,
+                       lambda m: self.context.report(f"The users could not be read: {m}"), "list-users")
+        self.load_audit(self.audit_offset)
+
+    def _users_arrived(self, users) -> None:
+        self.users.setRowCount(len(users))
+        for row, user in enumerate(users):
+            for column, value in enumerate((user.name, user.role, "yes" if user.active else "no")):
+                self.users.setItem(row, column, QTableWidgetItem(value))
+
+    def load_audit(self, offset: int) -> None:
+        db = self.context.db
+        workers.submit(lambda: (offset, db.list_audit(offset=offset, limit=AUDIT_PAGE), db.count_audit()),
+                       self._audit_arrived, lambda m: self.context.report(f"The audit log could not be read: {m}"),
+                       "list-audit")
+
+    def _audit_arrived(self, loaded) -> None:
+        offset, entries, total = loaded
+        self.audit_offset = offset
+        self.audit.setRowCount(len(entries))
+        for row, entry in enumerate(entries):
+            detail = json.dumps(entry.detail, sort_keys=True, default=str)
+            values = (entry.time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), entry.user_name or "—",
+                      entry.action, detail if len(detail) < 160 else detail[:157] + "…")
+            for column, value in enumerate(values):
+                item = QTableWidgetItem(value)
+                if column == 3:
+                    item.setToolTip(detail)
+                self.audit.setItem(row, column, item)
+        last = offset + len(entries)
+        self.page_label.setText(f"entries {offset + 1 if entries else 0}–{last} of {total}")
+        self.newer.setEnabled(offset > 0)
+        self.older.setEnabled(last < total)
+
+    def add_user(self) -> None:
+        if not self.context.require("manage_users"):
+            return
+        name, password, role = self.new_name.text().strip(), self.new_password.text(), self.new_role.currentText()
+        db, by = self.context.db, self.context.user
+        workers.submit(lambda: db.create_user(name, password, role, by=by), self._user_added,
+                       lambda m: self.context.report(f"The user was not added: {m}"), "create-user")
+
+    def _user_added(self, user) -> None:
+        self.new_name.clear()
+        self.new_password.clear()
+        self.context.tell(f"User {user.name} ({user.role}) added.")
+        self.refresh()

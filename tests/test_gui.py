@@ -1,0 +1,346 @@
+"""The real station window, offscreen: stream, verdicts and rows, keyboard tagging, retrain, promote, roll back,
+calibrate, roles. Real parts throughout: SQLite file, folder source, baseline model, training in a child process."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import json  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
+
+from core.data.dataset import open_dataset  # noqa: E402
+from core.data.synthetic import write_synthetic_dataset  # noqa: E402
+from core.inference.package import read_meta  # noqa: E402
+from core.settings import Settings, load_settings, save_settings  # noqa: E402
+from core.storage import PermissionDenied, open_database  # noqa: E402
+from core.training.api import TrainOptions, trainer_for  # noqa: E402
+
+pytest.importorskip("pytestqt")
+
+from inspector import workers  # noqa: E402
+from inspector.context import AppContext  # noqa: E402
+from inspector.main_window import MainWindow  # noqa: E402
+from inspector.styles import apply_style  # noqa: E402
+from inspector.users import LoginDialog  # noqa: E402
+
+WAIT = 30_000
+
+
+@dataclass
+class Station:
+    root: Path
+    data_dir: Path
+    frames_dir: Path
+    settings_path: Path
+    model_id: int
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A trained baseline package and a folder of frames (good and defective), made once per module."""
+    root = tmp_path_factory.mktemp("template")
+    dataset = write_synthetic_dataset(root / "dataset", train_good=16, train_defect=4, test_good=12, test_defect=8,
+                                      size=(96, 96), seed=3)
+    trainer_for("baseline")(open_dataset(dataset), TrainOptions(out=root / "model", supervision="unsupervised",
+                                                                device="cpu"), lambda _e: None)
+    frames = root / "frames"
+    frames.mkdir()
+    for kind in ("good", "defect"):
+        for path in sorted((dataset / "test" / kind).iterdir()):
+            (frames / f"{kind}_{path.name}").write_bytes(path.read_bytes())
+    return root
+
+
+@pytest.fixture
+def station(template, tmp_path) -> Station:
+    """A fresh data directory with the database, two users and the template model active."""
+    import shutil
+
+    data_dir = tmp_path / "data"
+    model_dir = data_dir / "models" / "first"
+    shutil.copytree(template / "model", model_dir)
+    db = open_database(None, data_dir)
+    engineer = db.create_user("eve", "eve-secret", "engineer")
+    db.create_user("otto", "otto-secret", "operator")
+    model_id = db.register_model(model_dir, read_meta(model_dir), user=engineer)
+    db.activate_model(model_id, engineer)
+    db.close()
+    settings = Settings()
+    settings.camera.source = f"folder:{template / 'frames'}"
+    settings.camera.frame_rate = 40.0
+    settings.storage.ok_sampling = 1.0  # keep every image, so every row can be tagged and exported
+    settings.model.device = "cpu"
+    settings.model.test_fraction = 0.3
+    settings_path = save_settings(settings, data_dir / "settings.json")
+    return Station(tmp_path, data_dir, template / "frames", settings_path, model_id)
+
+
+@pytest.fixture
+def app_window(station, qtbot):
+    """(window, context) logged in as a function of the test: call ``login(name)``."""
+    from PySide6.QtWidgets import QApplication
+
+    apply_style(QApplication.instance())
+    db = open_database(None, station.data_dir)
+    context = AppContext(load_settings(station.settings_path), station.settings_path, station.data_dir, db)
+    window = MainWindow(context)
+    qtbot.addWidget(window)
+    errors: list[str] = []
+    context.error.connect(errors.append)
+    window.errors = errors
+    window.show()
+
+    def login(name: str, password: str) -> None:
+        context.set_user(db.authenticate(name, password))
+
+    window.login = login
+    yield window, context
+    window.close()
+    workers.wait_idle(20_000)
+    db.close()
+
+
+def stream(qtbot, window, context, frames: int) -> None:
+    context.line.start()
+    qtbot.waitUntil(lambda: context.line.running, timeout=WAIT)
+    qtbot.waitUntil(lambda: window.live.frames_shown >= frames, timeout=WAIT)
+    context.line.stop()
+    qtbot.waitUntil(lambda: not context.line.running and not context.line.busy, timeout=WAIT)
+
+
+def test_login_dialog_accepts_right_password_only(station, qtbot):
+    db = open_database(None, station.data_dir)
+    try:
+        dialog = LoginDialog(db, [("eve", "eve-secret", "engineer")])
+        qtbot.addWidget(dialog)
+        assert dialog.name.text() == "eve"
+        dialog.password.setText("wrong")
+        qtbot.mouseClick(dialog.ok_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "Wrong user name or password" in dialog.message.text(), timeout=WAIT)
+        assert dialog.user is None
+        dialog.password.setText("eve-secret")
+        with qtbot.waitSignal(dialog.accepted, timeout=WAIT):
+            qtbot.mouseClick(dialog.ok_button, Qt.MouseButton.LeftButton)
+        assert dialog.user.name == "eve" and dialog.user.role == "engineer"
+    finally:
+        workers.wait_idle()
+        db.close()
+
+
+def test_stream_shows_verdicts_and_writes_rows(app_window, qtbot):
+    window, context = app_window
+    window.login("otto", "otto-secret")  # operators may start and stop the line
+    assert window.live.start_button.isEnabled()
+    qtbot.mouseClick(window.live.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: context.line.running, timeout=WAIT)
+    qtbot.waitUntil(lambda: window.live.frames_shown >= 8, timeout=WAIT)
+    assert window.live.banner.label.text() in ("OK", "NG", "REVIEW")
+    assert window.live.banner.label.property("verdict") in ("OK", "NG", "REVIEW")
+    assert sum(chip.isVisible() for chip in window.live.strip.chips) >= 8
+    qtbot.waitUntil(lambda: window.live.stat_labels["frames"].text() != "—", timeout=WAIT)
+    assert window.live.state_label.text().startswith("streaming")
+    qtbot.mouseClick(window.live.stop_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not context.line.running and not context.line.busy, timeout=WAIT)
+    rows = context.db.count_inspections()
+    assert rows >= window.live.frames_shown >= 8
+    actions = lambda: [entry.action for entry in context.db.list_audit(limit=20)]  # noqa: E731
+    assert window.errors == []
+    qtbot.waitUntil(lambda: "line_start" in actions() and "line_stop" in actions(), timeout=WAIT)
+    assert window.errors == []
+
+
+def test_bad_source_is_reported_and_the_app_keeps_running(app_window, qtbot, station):
+    window, context = app_window
+    window.login("eve", "eve-secret")
+    context.settings.camera.source = f"folder:{station.root / 'no-such-folder'}"
+    context.line.start()
+    qtbot.waitUntil(lambda: bool(window.errors), timeout=WAIT)
+    assert "The line could not start" in window.errors[0] and "no-such-folder" in window.errors[0]
+    assert window.messages.isVisible() and "no-such-folder" in window.messages.text()
+    assert not context.line.running and window.live.start_button.isEnabled()
+
+
+def test_review_keyboard_tagging(app_window, qtbot):
+    window, context = app_window
+    window.login("otto", "otto-secret")
+    stream(qtbot, window, context, 6)
+    total = context.db.count_inspections()
+    review = window.show_page("review")
+    qtbot.waitUntil(lambda: review.model.rowCount() == total and review.model.view_at(0) is not None, timeout=WAIT)
+    review.select_row(0)
+    review.table.setFocus()
+    first = review.model.view_at(0)
+    qtbot.keyClick(review.table, Qt.Key.Key_G)
+    qtbot.waitUntil(lambda: context.db.get_inspection(first.id).label == "OK", timeout=WAIT)
+    assert review.table.currentIndex().row() == 1  # moved on to the next row
+    second = review.model.view_at(1)
+    qtbot.keyClick(review.table, Qt.Key.Key_N)
+    qtbot.waitUntil(lambda: context.db.get_inspection(second.id).label == "NG", timeout=WAIT)
+    qtbot.keyClick(review.table, Qt.Key.Key_Up)
+    assert review.table.currentIndex().row() == 1
+    qtbot.keyClick(review.table, Qt.Key.Key_G)  # change NG -> OK: stored and audited with who
+    qtbot.waitUntil(lambda: context.db.get_inspection(second.id).label == "OK", timeout=WAIT)
+    view = context.db.get_inspection(second.id)
+    assert view.label_user == "otto"
+    qtbot.waitUntil(lambda: review.model.view_at(1).label == "OK", timeout=WAIT)  # the table shows it
+    assert any(e.action == "retag" and e.detail.get("old") == "NG" for e in context.db.list_audit(limit=10))
+    # bulk: select rows 2..4 and tag them NG in one go
+    review.select_row(2)
+    for row in (3, 4):
+        review.table.selectionModel().select(review.model.index(row, 0),
+                                             review.table.selectionModel().SelectionFlag.Select
+                                             | review.table.selectionModel().SelectionFlag.Rows)
+    qtbot.mouseClick(review.bulk_ng, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: context.db.count_inspections(label="NG") == 3, timeout=WAIT)
+    assert window.errors == []
+
+
+def test_review_mask_brush_stores_a_mask(app_window, qtbot):
+    window, context = app_window
+    window.login("otto", "otto-secret")
+    stream(qtbot, window, context, 3)
+    review = window.show_page("review")
+    qtbot.waitUntil(lambda: review.model.view_at(0) is not None, timeout=WAIT)
+    review.select_row(0)
+    view = review.model.view_at(0)
+    qtbot.waitUntil(lambda: review.image_view.mask_item.image is not None, timeout=WAIT)
+    review.brush_box.setChecked(True)
+    review.image_view.mask_item.image[10:20, 30:40] = 1.0  # what a drag with the brush leaves behind
+    qtbot.mouseClick(review.save_mask, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: context.db.load_label_mask(view.id) is not None, timeout=WAIT)
+    mask = context.db.load_label_mask(view.id)
+    assert mask[10:20, 30:40].all() and mask.sum() == 100
+    assert context.db.get_inspection(view.id).label == "NG"
+
+
+def _tag_by_verdict(context) -> None:
+    """Tag every stored inspection: NG-verdicts NG, the rest OK (an operator's plausible first pass)."""
+    user = context.user
+    rows = context.db.list_inspections(limit=1000)
+    context.db.tag_many([r.id for r in rows if r.verdict == "NG"], "NG", user)
+    context.db.tag_many([r.id for r in rows if r.verdict != "NG"], "OK", user)
+
+
+def test_retrain_promote_roll_back_and_calibrate(app_window, qtbot, station):
+    window, context = app_window
+    window.login("eve", "eve-secret")
+    stream(qtbot, window, context, 30)
+    _tag_by_verdict(context)
+    assert context.db.count_inspections(label="NG") > 0 and context.db.count_inspections(label="OK") > 0
+    context.line.start()  # retrain and promote while the line runs
+    qtbot.waitUntil(lambda: context.line.running, timeout=WAIT)
+
+    page = window.show_page("model")
+    page.family_box.setCurrentText("baseline")
+    with qtbot.waitSignal(page.retrain_finished, timeout=120_000) as finished:
+        qtbot.mouseClick(page.retrain_button, Qt.MouseButton.LeftButton)
+    new_id, state = finished.args
+    assert state == "done", window.errors
+    assert page.progress.value() == 1000
+    assert "evaluation:" in page.log_view.toPlainText()
+    new = context.db.get_model(new_id)
+    assert not new.is_active and "image_auroc" in new.meta["evaluation"]
+    qtbot.waitUntil(lambda: context.db.list_training_runs(limit=1)[0].status == "succeeded", timeout=WAIT)
+    run = context.db.list_training_runs(limit=1)[0]
+    assert run.result_path and run.progress == 1.0 and "registered as model" in run.log
+    qtbot.waitUntil(lambda: page.compare.item(0, 1) is not None and page.compare.item(0, 1).text() != "—",
+                    timeout=WAIT)
+
+    # promote: the line keeps running and picks the new model up
+    qtbot.waitUntil(lambda: any(m.id == new_id for m in page.models), timeout=WAIT)
+    page.table.selectRow([m.id for m in page.models].index(new_id))
+    qtbot.mouseClick(page.promote_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: context.db.active_model().id == new_id, timeout=WAIT)
+    qtbot.waitUntil(lambda: context.line.model_id == new_id and context.line.pipeline.detector.name == Path(new.package_path).name,
+                    timeout=WAIT)
+    assert context.line.running
+    shown = window.live.frames_shown
+    qtbot.waitUntil(lambda: window.live.frames_shown > shown + 3, timeout=WAIT)
+    qtbot.waitUntil(lambda: context.db.count_inspections(model_id=new_id) > 0, timeout=WAIT)
+
+    # roll back
+    qtbot.waitUntil(lambda: page.rollback_button.isEnabled(), timeout=WAIT)
+    qtbot.mouseClick(page.rollback_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: context.db.active_model().id == station.model_id, timeout=WAIT)
+    qtbot.waitUntil(lambda: context.line.model_id == station.model_id, timeout=WAIT)
+    context.line.stop()
+    qtbot.waitUntil(lambda: not context.line.running and not context.line.busy, timeout=WAIT)
+
+    # calibrate the (rolled back) active model from target rates, then apply
+    calibrate = window.show_page("calibrate")
+    qtbot.waitUntil(lambda: calibrate.model is not None and calibrate.model.id == station.model_id
+                    and calibrate.labels.size > 0, timeout=WAIT)
+    assert not calibrate.guard.isVisible()
+    assert calibrate.from_rates.isEnabled()
+    calibrate.miss_spin.setValue(0.0)
+    calibrate.alarm_spin.setValue(0.0)
+    qtbot.mouseClick(calibrate.from_rates, Qt.MouseButton.LeftButton)
+    ok, ng = calibrate.thresholds()
+    assert 0.0 <= ok <= ng <= 1.0
+    scores, labels = calibrate.scores, calibrate.labels
+    assert (scores[labels == 1] >= ok).all()   # no tagged defect passes as OK at a 0 % miss rate
+    assert (scores[labels == 0] < ng).all()    # no good part is called NG at a 0 % false-alarm rate
+    qtbot.mouseClick(calibrate.apply_button, Qt.MouseButton.LeftButton)
+    package = Path(context.db.active_model().package_path)
+    qtbot.waitUntil(lambda: abs(json.loads((package / "model.json").read_text())["thresholds"]["ng"] - ng) < 1e-5,
+                    timeout=WAIT)
+    qtbot.waitUntil(lambda: abs(context.db.active_model().meta["thresholds"]["ok"] - ok) < 1e-5, timeout=WAIT)
+    assert any(e.action == "update_model_meta" for e in context.db.list_audit(limit=10))
+    assert window.errors == []
+
+
+def test_calibrate_without_ng_tags_says_so(app_window, qtbot):
+    window, context = app_window
+    window.login("eve", "eve-secret")
+    stream(qtbot, window, context, 4)
+    rows = context.db.list_inspections(limit=100)
+    context.db.tag_many([r.id for r in rows], "OK", context.user)
+    calibrate = window.show_page("calibrate")
+    calibrate.reload()
+    qtbot.waitUntil(lambda: calibrate.labels.size == len(rows), timeout=WAIT)
+    before = calibrate.thresholds()
+    assert calibrate.guard.isVisible() and "No image is tagged NG" in calibrate.guard.text()
+    assert not calibrate.from_rates.isEnabled()
+    calibrate.set_from_rates()  # even when called directly, no threshold is invented
+    assert calibrate.thresholds() == before
+    assert "— (no such tags)" in calibrate.readout.text()
+
+
+def test_operator_may_not_retrain_promote_calibrate_or_change_settings(app_window, qtbot):
+    window, context = app_window
+    window.login("otto", "otto-secret")
+    page = window.model_page
+    assert not page.retrain_button.isEnabled()
+    assert not page.promote_button.isEnabled() and not page.rollback_button.isEnabled()
+    assert not window.calibrate.apply_button.isEnabled()
+    assert not window.settings_page.save_button.isEnabled()
+    page.retrain()  # even when called past the disabled button
+    qtbot.waitUntil(lambda: bool(window.errors), timeout=WAIT)
+    assert "Not allowed" in window.errors[-1] and "retrain" in window.errors[-1]
+    assert page.job is None and context.db.list_training_runs() == []
+    with pytest.raises(PermissionDenied):
+        context.db.create_training_run("baseline", "weak", "/tmp/x", context.user)
+    assert not window.settings_page.save()
+
+
+def test_settings_page_saves_validated_file(app_window, qtbot, station):
+    window, context = app_window
+    window.login("eve", "eve-secret")
+    page = window.show_page("settings")
+    page.frame_rate.setValue(12.5)
+    page.roi_set.setChecked(True)
+    for spin, value in zip(page.roi, (0, 0, 64, 48)):
+        spin.setValue(value)
+    assert page.save()
+    saved = load_settings(station.settings_path)
+    assert saved.camera.frame_rate == 12.5 and saved.camera.roi == [0, 0, 64, 48]
+    page.source.setText("usb-camera-3")
+    assert not page.save()
+    assert "camera.source" in page.message.text()
+    assert load_settings(station.settings_path).camera.source.startswith("folder:")
+    qtbot.waitUntil(lambda: any(e.action == "settings" for e in context.db.list_audit(limit=5)), timeout=WAIT)
