@@ -11,12 +11,13 @@ from collections import deque
 import cv2
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import (QCheckBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QSlider,
                                QVBoxLayout, QWidget)
 
 from inspector.line import LiveFrame
-from inspector.styles import set_property
+from inspector.styles import VERDICT_COLOURS, set_property
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 STRIP_LENGTH = 24
@@ -34,17 +35,26 @@ def _heat_lut() -> np.ndarray:
 HEAT_LUT = _heat_lut()
 
 
-def heat_rgba(anomaly_map: np.ndarray, pixel_threshold: float, opacity: float) -> np.ndarray:
-    """(H, W, 4) uint8 overlay: colour by map value relative to the pixel threshold (1.0 = threshold at
-    mid-scale); transparent well below the threshold, ``opacity`` at and above it."""
+def heat_lut_rgba(opacity: float) -> np.ndarray:
+    """(256, 4) uint8: colour plus alpha that ramps from 0 at index 64 (half the pixel threshold) to
+    ``opacity`` at index 128 (the threshold) and above."""
+    lut = np.empty((256, 4), np.uint8)
+    lut[:, :3] = HEAT_LUT
+    ramp = np.clip((np.arange(256, dtype=np.float32) - 64.0) / 64.0, 0.0, 1.0)
+    lut[:, 3] = (ramp * (255 * opacity)).astype(np.uint8)
+    return lut
+
+
+def heat_index(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    """(H, W) uint8 index into the heat LUT: the pixel threshold maps to 128 (mid-scale), saturating at 255."""
     scale = 2.0 * pixel_threshold if pixel_threshold > 0 else float(anomaly_map.max() or 1.0)
-    index = np.clip(anomaly_map * (255.0 / scale), 0, 255).astype(np.uint8)
-    rgba = np.empty(anomaly_map.shape + (4,), np.uint8)
-    rgba[..., :3] = HEAT_LUT[index]
-    # alpha ramps from 0 at half the threshold to full opacity at the threshold
-    ramp = np.clip((index.astype(np.float32) - 64.0) / 64.0, 0.0, 1.0)
-    rgba[..., 3] = (ramp * (255 * opacity)).astype(np.uint8)
-    return rgba
+    # convertScaleAbs: scale, round and saturate to uint8 in one C pass (maps are >= 0)
+    return cv2.convertScaleAbs(np.asarray(anomaly_map, np.float32), alpha=255.0 / scale)
+
+
+def heat_rgba(anomaly_map: np.ndarray, pixel_threshold: float, opacity: float) -> np.ndarray:
+    """(H, W, 4) uint8 overlay (for reports and tests; the view lets pyqtgraph apply the LUT)."""
+    return heat_lut_rgba(opacity)[heat_index(anomaly_map, pixel_threshold)]
 
 
 def contour_xy(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,16 +85,26 @@ class ImageOverlayView(pg.GraphicsLayoutWidget):
         self.heat_item.setZValue(1)
         self.contour_item.setZValue(2)
         self.show_overlay = True
-        self.opacity = 0.5
+        self._opacity = 0.5
+        self._lut = heat_lut_rgba(self._opacity)
         self._shape: tuple[int, int] | None = None
+
+    @property
+    def opacity(self) -> float:
+        return self._opacity
+
+    @opacity.setter
+    def opacity(self, value: float) -> None:
+        self._opacity = float(value)
+        self._lut = heat_lut_rgba(self._opacity)
 
     def show_frame(self, image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray | None,
                    pixel_threshold: float) -> None:
         high = 65535 if image.dtype == np.uint16 else 255
         self.image_item.setImage(image, autoLevels=False, levels=(0, high))
         if self.show_overlay and anomaly_map is not None:
-            self.heat_item.setImage(heat_rgba(anomaly_map, pixel_threshold, self.opacity), autoLevels=False,
-                                    levels=(0, 255))
+            self.heat_item.setImage(heat_index(anomaly_map, pixel_threshold), autoLevels=False, levels=(0, 255),
+                                    lut=self._lut)
             self.heat_item.setVisible(True)
         else:
             self.heat_item.setVisible(False)
@@ -133,33 +153,40 @@ class VerdictBanner(QWidget):
 
 
 class VerdictStrip(QWidget):
-    """The last STRIP_LENGTH verdicts, newest on the left."""
+    """The last STRIP_LENGTH verdicts, newest on the left, painted in one pass (no per-chip widgets, so a
+    new verdict costs one repaint, not a restyle of every chip)."""
+
+    CHIP_W, CHIP_H, GAP = 36, 22, 3
 
     def __init__(self) -> None:
         super().__init__()
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(3)
-        self.chips: list[QLabel] = []
-        for _ in range(STRIP_LENGTH):
-            chip = QLabel("")
-            chip.setObjectName("chip")
-            chip.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            chip.setFixedHeight(22)
-            chip.setVisible(False)
-            layout.addWidget(chip)
-            self.chips.append(chip)
-        layout.addStretch(1)
         self.history: deque[str] = deque(maxlen=STRIP_LENGTH)
+        self.setFixedHeight(self.CHIP_H + 2)
+        self.setMinimumWidth(8 * (self.CHIP_W + self.GAP))
+        self._colours = {k: QColor(v) for k, v in VERDICT_COLOURS.items()}
 
     def push(self, verdict: str) -> None:
         self.history.appendleft(verdict)
-        for chip, value in zip(self.chips, self.history):
-            short = {"REVIEW": "R"}.get(value, value)
-            if chip.text() != short:
-                chip.setText(short)
-                set_property(chip, "verdict", value)
-            chip.setVisible(True)
+        self.update()
+
+    def paintEvent(self, _event) -> None:  # noqa: N802
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        font = painter.font()
+        font.setBold(True)
+        painter.setFont(font)
+        x = 0
+        for verdict in self.history:
+            if x + self.CHIP_W > self.width():
+                break
+            rect = QRectF(x, 1, self.CHIP_W, self.CHIP_H)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(self._colours.get(verdict, self._colours["NONE"]))
+            painter.drawRoundedRect(rect, 3, 3)
+            painter.setPen(QColor("white"))
+            painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, {"REVIEW": "R"}.get(verdict, verdict))
+            x += self.CHIP_W + self.GAP
+        painter.end()
 
 
 class LiveView(QWidget):

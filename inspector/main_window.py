@@ -59,6 +59,7 @@ class MessageBar(QLabel):
 class MainWindow(QMainWindow):
     def __init__(self, context) -> None:
         super().__init__()
+        workers.keep_main_thread_responsive()
         self.context = context
         self.setWindowTitle("Inspection station" + (" — demo" if context.demo else ""))
         self.resize(1360, 860)

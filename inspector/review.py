@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, Qt, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtGui import QBrush, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout, QHeaderView, QLabel,
                                QPushButton, QSpinBox, QSplitter, QTableView, QVBoxLayout, QWidget)
 
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 PAGE = 200
 MAX_PAGES = 40
 COLUMNS = ("ID", "Time (UTC)", "Camera", "Score", "Verdict", "Tag", "Tagged by")
+_DISPLAY = Qt.ItemDataRole.DisplayRole
+_FOREGROUND = Qt.ItemDataRole.ForegroundRole
+_ALIGNMENT = Qt.ItemDataRole.TextAlignmentRole
+_RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+_BRUSHES = {name: QBrush(colour(name)) for name in ("OK", "NG", "REVIEW")}
 TIME_RANGES = {"All time": None, "Last hour": timedelta(hours=1), "Last 24 hours": timedelta(days=1),
                "Last 7 days": timedelta(days=7)}
 
@@ -60,35 +65,33 @@ class InspectionTableModel(QAbstractTableModel):
         return None
 
     def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        view = self.view_at(index.row())
-        column = index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            if view is None:
-                return "…"
-            if column == 0:
-                return str(view.id)
-            if column == 1:
-                return view.time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            if column == 2:
-                return view.camera_id
-            if column == 3:
-                return f"{view.score:.3f}"
-            if column == 4:
-                return view.verdict
-            if column == 5:
-                return view.label or ""
-            if column == 6:
-                return view.label_user or ""
-        if role == Qt.ItemDataRole.ForegroundRole and view is not None:
-            if column == 4:
-                return colour(view.verdict)
-            if column == 5 and view.label:
-                return colour(view.label)
-        if role == Qt.ItemDataRole.TextAlignmentRole and column in (0, 3):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        # Called for every role of every visible cell on each repaint: return at once for roles we do not
+        # serve, and serve the rest from strings formatted in the worker that loaded the page.
+        if role == _DISPLAY:
+            entry = self._entry(index.row())
+            return "…" if entry is None else entry[1][index.column()]
+        if role == _FOREGROUND:
+            column = index.column()
+            if column not in (4, 5):
+                return None
+            entry = self._entry(index.row())
+            if entry is None:
+                return None
+            value = entry[0].verdict if column == 4 else entry[0].label
+            return _BRUSHES.get(value) if value else None
+        if role == _ALIGNMENT and index.column() in (0, 3):
+            return _RIGHT
         return None
+
+    def _entry(self, row: int):
+        """(view, display strings) of ``row`` if its page is loaded; otherwise None and the page is requested."""
+        rows = self._pages.get(row // PAGE)
+        if rows is None:
+            if 0 <= row < self._count:
+                self._request(row // PAGE)
+            return None
+        offset = row % PAGE
+        return rows[offset] if offset < len(rows) else None
 
     # -- paging ----------------------------------------------------------------------------------
     def set_filters(self, filters: dict) -> None:
@@ -117,21 +120,18 @@ class InspectionTableModel(QAbstractTableModel):
         """The InspectionView of ``row`` if its page is loaded (else None, and the page is requested)."""
         if not 0 <= row < self._count:
             return None
-        page = row // PAGE
-        rows = self._pages.get(page)
-        if rows is None:
-            self._request(page)
-            return None
-        self._pages.move_to_end(page)
-        offset = row % PAGE
-        return rows[offset] if offset < len(rows) else None
+        entry = self._entry(row)
+        if entry is not None:
+            self._pages.move_to_end(row // PAGE)  # recently used pages stay cached
+        return None if entry is None else entry[0]
 
     def _request(self, page: int) -> None:
         if page in self._pending:
             return
         self._pending.add(page)
         generation, db, filters = self._generation, self.db, dict(self.filters)
-        workers.submit(lambda: db.list_inspections(**filters, offset=page * PAGE, limit=PAGE),
+        workers.submit(lambda: [(v, display_strings(v)) for v in
+                                db.list_inspections(**filters, offset=page * PAGE, limit=PAGE)],
                        lambda rows: self._page_arrived(generation, page, rows),
                        lambda message: self._page_failed(generation, page, message), f"review-page-{page}")
 
@@ -156,12 +156,18 @@ class InspectionTableModel(QAbstractTableModel):
     def replace_view(self, row: int, view) -> None:
         """Put a fresh InspectionView (after a tag) into its loaded page."""
         rows = self._pages.get(row // PAGE)
-        if rows is not None and row % PAGE < len(rows) and rows[row % PAGE].id == view.id:
-            rows[row % PAGE] = view
+        if rows is not None and row % PAGE < len(rows) and rows[row % PAGE][0].id == view.id:
+            rows[row % PAGE] = (view, display_strings(view))
             self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
 
-    def loaded_rows(self) -> int:
+    def loaded_rows(self) -> int:  # noqa: D102
         return sum(len(rows) for rows in self._pages.values())
+
+
+def display_strings(view) -> tuple[str, ...]:
+    """The table's text for one inspection, one string per column (formatted in the worker thread)."""
+    return (str(view.id), view.time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), view.camera_id,
+            f"{view.score:.3f}", view.verdict, view.label or "", view.label_user or "")
 
 
 def _count_filters(filters: dict) -> dict:

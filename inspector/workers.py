@@ -8,6 +8,7 @@ while the operator scrolls), so a fast scroll never queues up stale work.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any, Callable
 
@@ -50,6 +51,18 @@ class _Task(QRunnable):
 _live: set[_Signals] = set()  # keep signal objects alive until their result has been delivered
 _lock = threading.Lock()
 _pool: QThreadPool | None = None
+
+
+def keep_main_thread_responsive() -> None:
+    """Shorten the interpreter's thread switch interval (default 5 ms) to 1 ms.
+
+    Every call from Qt into Python (a table's data(), a slot) must take the GIL; while a worker or pipeline
+    thread runs Python code the main thread waits up to one switch interval per call, and a table repaint
+    makes hundreds of such calls. Measured with benchmarks/live_view.py (Review with 20,000 rows): see the
+    report. The cost is a little more switching overhead in the background threads.
+    """
+    if sys.getswitchinterval() > 0.001:
+        sys.setswitchinterval(0.001)
 
 
 def pool() -> QThreadPool:
