@@ -16,6 +16,7 @@ from core.models.supersimplenet import SuperSimpleNet, make_config
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, truncated_l1
 from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_noise
 from core.training.api import TrainingError
+from core.training.feature_cache import FeatureCache
 from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, distance_weights,
                                                   grid_targets, perturb, select_samples, training_step)
 
@@ -195,12 +196,34 @@ def test_unsupervised_detaches_the_map_from_the_classification_head():
     assert float(net.seg_head.layers[0].weight.grad.abs().sum()) > 0
 
 
+# ---------------------------------------------------------------- feature standardisation
+def test_cache_statistics_and_standardisation_match_torch():
+    features = (torch.randn(10, 6, 4, 4) * torch.arange(1, 7).view(1, 6, 1, 1) + 3).to(torch.float16)
+    cache = FeatureCache(features=features.clone(), flips=("none",), masks=[None] * 10)
+    mean, std = cache.channel_statistics(chunk=3)
+    reference = features.float().permute(1, 0, 2, 3).reshape(6, -1)
+    assert torch.allclose(mean, reference.mean(1), atol=1e-3)
+    assert torch.allclose(std, reference.std(1, unbiased=False), atol=1e-3)
+    cache.standardise(mean, std, chunk=4)
+    again, spread = cache.channel_statistics()
+    assert torch.allclose(again, torch.zeros(6), atol=1e-2) and torch.allclose(spread, torch.ones(6), atol=1e-2)
+
+
+def test_encode_applies_the_fitted_statistics():
+    net = SuperSimpleNet(make_config("efficientnet_lite0", seg_width=16), pretrained=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    raw = net.encode(x)
+    net.set_feature_statistics(torch.full((152,), 2.0), torch.full((152,), 4.0))
+    assert torch.allclose(net.encode(x), (raw - 2.0) / 4.0, atol=1e-5)
+
+
 # ---------------------------------------------------------------- packages
 def _package(tmp_path: Path, config: dict | None = None) -> tuple[Path, SuperSimpleNet]:
     config = config or make_config("efficientnet_lite0", seg_width=32)
     net = SuperSimpleNet(config, pretrained=False)
     for p in net.parameters():  # make every weight meaningful, not the init pattern
         torch.nn.init.normal_(p, std=0.05)
+    net.set_feature_statistics(torch.rand(152), torch.rand(152) + 0.5)
     net.eval()
     meta = new_meta(family="supersimplenet", backbone="efficientnet_lite0", config=config, input_size=(64, 64),
                     normalisation=IMAGENET_NORMALISATION, thresholds=Thresholds(0.3, 0.6, 0.5),

@@ -60,6 +60,26 @@ class FeatureCache:
     def num_samples(self) -> int:
         return len(self.masks)
 
+    def channel_statistics(self, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std (C,) over all rows and positions (float64 sums, chunked)."""
+        total = torch.zeros(self.features.shape[1], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for start in range(0, self.features.shape[0], chunk):
+            block = self.features[start:start + chunk].to(torch.float64)
+            total += block.sum(dim=(0, 2, 3))
+            squares += (block * block).sum(dim=(0, 2, 3))
+        count = self.features.shape[0] * self.features.shape[2] * self.features.shape[3]
+        mean = total / count
+        std = (squares / count - mean * mean).clamp_min(0).sqrt()
+        return mean.float(), std.float()
+
+    def standardise(self, mean: torch.Tensor, std: torch.Tensor, chunk: int = 256) -> None:
+        """In place: features = (features - mean) / std per channel."""
+        m, s = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+        for start in range(0, self.features.shape[0], chunk):
+            block = self.features[start:start + chunk].float()
+            self.features[start:start + chunk] = ((block - m) / s).to(self.features.dtype)
+
     def rows(self, sample_index: int) -> list[int]:
         views = len(self.flips)
         return list(range(sample_index * views, (sample_index + 1) * views))

@@ -45,6 +45,7 @@ DEFAULTS: dict = {
     "lr_heads": 2e-4,
     "weight_decay_heads": 1e-5,
     "noise_std": 0.015,
+    "standardise": True,       # per-channel standardised features (see SuperSimpleNet.feature_mean)
     "perlin_threshold_unsupervised": 0.2,  # unsupervised and weak
     "perlin_threshold_masks": 0.6,         # when masks are used (mixed, full)
     "dilation": 7,
@@ -384,6 +385,10 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
                                 settings["flips"], device=device,
                                 on_progress=lambda f: report_features(f, "encoding images"),
                                 check_cancel=options.check_cancel)
+    if settings["standardise"]:
+        mean, std = cache.channel_statistics()
+        network.set_feature_statistics(mean, std)
+        cache.standardise(mean, network.feature_std.flatten().cpu())
     targets = build_targets(cache, training, int(settings["dilation"]))
     fit = _fit(network, cache, targets, training, settings, options, device, rng, reporter("train", shares["features"]))
     report_calibrate = reporter("calibrate", shares["features"] + shares["train"])

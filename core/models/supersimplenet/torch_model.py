@@ -1,7 +1,7 @@
 """The SuperSimpleNet network (Rolih, Fučka, Skočaj, ICPR 2024 / JIMS 2025), written from the papers' text.
 
 frozen backbone -> [stride-8, stride-16] features -> each bilinearly resized to the grid
-(stride-8 size x ``feature_scale``) -> concat (C channels) -> 3x3 avg-pool (stride 1)
+(stride-8 size x ``feature_scale``) -> concat (C channels) -> 3x3 avg-pool (stride 1) -> per-channel standardisation (statistics of the training set)
 -> adaptor (1x1 conv C->C) -> segmentation head (1x1 C->W, BN, LeakyReLU 0.2, 1x1 W->1: map logits)
                            -> classification head (features ++ map: 5x5 conv -> 128, BN, ReLU;
                               global max + mean of it and of the map = 258 values -> linear -> score logit)
@@ -119,6 +119,10 @@ class SuperSimpleNet(nn.Module):
             raise ValueError(f"config channels {config['channels']} do not match backbone {config['backbone']!r}")
         self.backbone = build_backbone(config["backbone"], pretrained=pretrained, weights_path=backbone_weights)
         self.aggregator = FeatureAggregator(int(config["feature_scale"]))
+        # Per-channel standardisation of the aggregated features, fitted on the training set: the feature-space
+        # noise (std 0.015) then has the same size relative to the features whatever the backbone's scale.
+        self.register_buffer("feature_mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("feature_std", torch.ones(1, channels, 1, 1))
         self.adaptor = nn.Conv2d(channels, channels, 1)
         self.seg_head = SegmentationHead(channels, int(config["seg_width"]))
         self.cls_head = ClassificationHead(channels, int(config["cls_channels"]), int(config["cls_pool"]))
@@ -131,8 +135,14 @@ class SuperSimpleNet(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images (N, 3, H, W) -> aggregated backbone features (N, C, h, w): what training caches."""
-        return self.aggregator(self.backbone(x))
+        """Normalised images (N, 3, H, W) -> standardised aggregated features (N, C, h, w): what training caches."""
+        return (self.aggregator(self.backbone(x)) - self.feature_mean) / self.feature_std
+
+    @torch.no_grad()
+    def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel mean and std (C,) of the aggregated features; std is floored to stay invertible."""
+        self.feature_mean.copy_(mean.reshape(self.feature_mean.shape))
+        self.feature_std.copy_(std.clamp_min(1e-3).reshape(self.feature_std.shape))
 
     def decide(self, adapted: torch.Tensor, detach_map: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapted features (N, C, h, w) -> (map logits (N, 1, h, w), score logits (N,))."""
