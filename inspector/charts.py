@@ -57,9 +57,11 @@ class ChartsView(QWidget):
         self.score_plot.addItem(self.score_scatter)
         self.ok_line = pg.InfiniteLine(angle=0, pen=pg.mkPen(THRESHOLD_PENS["ok"], width=2, style=pg.QtCore.Qt.PenStyle.DashLine),
                                        label="OK below", labelOpts={"color": THRESHOLD_PENS["ok"], "position": 0.04,
+                                                                        "fill": (255, 255, 255, 210),
                                                                         "anchors": [(0, 0), (0, 0)]})
         self.ng_line = pg.InfiniteLine(angle=0, pen=pg.mkPen(THRESHOLD_PENS["ng"], width=2, style=pg.QtCore.Qt.PenStyle.DashLine),
                                        label="NG from", labelOpts={"color": THRESHOLD_PENS["ng"], "position": 0.04,
+                                                                       "fill": (255, 255, 255, 210),
                                                                        "anchors": [(0, 1), (0, 1)]})
         for line in (self.ok_line, self.ng_line):
             line.setVisible(False)

@@ -48,6 +48,12 @@ class LineController(QObject):
         self.detector = None
         self.model_id: int | None = None
         self.busy = False
+        context.settings_changed.connect(self._settings_changed)
+
+    def _settings_changed(self, _settings) -> None:
+        """Threshold override or device changed: load the model afresh at the next start."""
+        if not self.running and not self.busy:
+            self.detector = None
 
     @property
     def running(self) -> bool:
@@ -128,7 +134,14 @@ class LineController(QObject):
             self._set_busy(False)
             self.error.emit(f"The model could not be loaded, the line keeps the previous one: {message}")
 
-        workers.submit(lambda: _load_detector(package_path, device), done, failed, "model-load")
+        settings = self.context.settings
+
+        def load():
+            detector = _load_detector(package_path, device)
+            apply_threshold_override(detector, settings)
+            return detector
+
+        workers.submit(load, done, failed, "model-load")
 
     def set_thresholds(self, thresholds) -> None:
         if self.detector is not None:

@@ -1,0 +1,80 @@
+"""`inspector --demo` on a fresh machine: data directory, demo model trained with progress, demo users,
+log-in, live verdicts within seconds; a second start finds everything in place."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import re  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QTimer  # noqa: E402
+from PySide6.QtWidgets import QApplication, QProgressDialog  # noqa: E402
+
+from core.demo import prepare_demo  # noqa: E402
+from core.storage import open_database  # noqa: E402
+from inspector import app as inspector_app  # noqa: E402
+from inspector.main_window import MainWindow  # noqa: E402
+from inspector.users import LoginDialog  # noqa: E402
+
+
+def test_demo_on_a_fresh_machine(tmp_path, monkeypatch, qapp):
+    monkeypatch.setenv("INSPECTOR_DATA", str(tmp_path / "inspector"))
+    seen: dict = {"progress": False, "login_text": "", "verdicts": 0, "seconds_to_verdicts": None}
+    started = time.monotonic()
+    logged_in_at: list[float] = []
+
+    def drive() -> None:
+        for widget in QApplication.topLevelWidgets():
+            if isinstance(widget, QProgressDialog) and widget.isVisible():
+                seen["progress"] = True
+            if isinstance(widget, LoginDialog) and widget.isVisible() and widget.ok_button.isEnabled():
+                text = " ".join(label.text() for label in widget.findChildren(type(widget.message)))
+                seen["login_text"] = re.sub(r"<[^>]+>", "", text)
+                widget.name.setText("operator")
+                widget.password.setText("operator")
+                widget.try_login()
+                logged_in_at.append(time.monotonic())
+            if isinstance(widget, MainWindow) and widget.isVisible():
+                if widget.live.frames_shown >= 3:
+                    seen["verdicts"] = widget.live.frames_shown
+                    seen["seconds_to_verdicts"] = time.monotonic() - logged_in_at[0]
+                    seen["rows"] = widget.context.db.count_inspections()
+                    seen["user"] = widget.context.user.name
+                    widget.close()
+        if time.monotonic() - started > 240:  # give up: close everything so the test fails, not hangs
+            for widget in QApplication.topLevelWidgets():
+                widget.close()
+
+    timer = QTimer()
+    timer.timeout.connect(drive)
+    timer.start(100)
+    try:
+        code = inspector_app.main(["--demo"])
+    finally:
+        timer.stop()
+    assert code == 0
+    assert seen["progress"], "the demo set-up showed no progress dialog"
+    print(f"demo: verdicts on screen {seen['seconds_to_verdicts']:.1f} s after log-in, "
+          f"{time.monotonic() - started:.1f} s after start")
+    assert "engineer / engineer" in seen["login_text"] and "operator / operator" in seen["login_text"]
+    assert seen["verdicts"] >= 3, seen
+    assert seen["seconds_to_verdicts"] < 20, seen
+    assert seen["user"] == "operator"
+    data = tmp_path / "inspector" / "demo"
+    assert (data / "settings.json").is_file() and (data / "station.db").is_file() and (data / "inspector.log").is_file()
+    db = open_database(None, data)
+    try:
+        active = db.active_model()
+        assert active is not None and active.family == "baseline" and active.meta["evaluation"]["image_auroc"] > 0.9
+        assert db.count_inspections() >= 3
+    finally:
+        db.close()
+    again = time.monotonic()
+    setup = prepare_demo(data)
+    assert not setup.trained and time.monotonic() - again < 15
