@@ -58,7 +58,9 @@ class PipelineConfig:
     one. write_queue_size: records waiting for the writer (the inference worker waits when it is full, so a
     slow database shows up as dropped_queue_full, counted). storage_retries / storage_retry_s: attempts and
     first back-off for a failing write. fetch_timeout_s: how long one source.fetch() may block (bounds stop
-    latency). max_frames: stop acquiring after this many frames (None = until stopped)."""
+    latency). max_frames: stop acquiring after this many frames (None = until stopped). drop_when_full: True =
+    drop the oldest waiting frame when the queue is full, False = the acquisition thread waits for room
+    (lossless); None = drop for live sources (cameras), wait for non-live ones (files read as fast as asked)."""
 
     queue_size: int = 8
     max_batch: int = 8
@@ -71,6 +73,7 @@ class PipelineConfig:
     fetch_timeout_s: float = 0.2
     max_frames: int | None = None
     keep_masks: bool = True
+    drop_when_full: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("queue_size", "max_batch", "write_batch", "write_queue_size"):
@@ -231,6 +234,7 @@ class Pipeline:
                 self._source_error = f"{type(exc).__name__}: {exc}"
                 log.error("source %s cannot start: %s", self.source.camera_id, exc)
                 return
+            drop = cfg.drop_when_full if cfg.drop_when_full is not None else getattr(self.source, "live", True)
             received = 0
             while not self._stop_acquiring.is_set():
                 if cfg.max_frames is not None and received >= cfg.max_frames:
@@ -249,11 +253,14 @@ class Pipeline:
                 received += 1
                 self._stats.frame_in()
                 with self._cond:
+                    if not drop:
+                        while len(self._frames) >= cfg.queue_size and not self._stop_acquiring.is_set():
+                            self._cond.wait(0.1)
                     if len(self._frames) >= cfg.queue_size:
                         self._frames.popleft()
                         self._stats.drop("dropped_queue_full")
                     self._frames.append(frame)
-                    self._cond.notify()
+                    self._cond.notify_all()
         finally:
             try:
                 self.source.stop()
@@ -275,7 +282,9 @@ class Pipeline:
                     return None
                 if self._frames:
                     count = min(len(self._frames), self.config.max_batch)
-                    return [self._frames.popleft() for _ in range(count)]
+                    batch = [self._frames.popleft() for _ in range(count)]
+                    self._cond.notify_all()  # room for a waiting (lossless) acquisition thread
+                    return batch
                 if self._acquisition_done.is_set():
                     return None
                 self._cond.wait(0.1)
@@ -372,16 +381,20 @@ class Pipeline:
             self._write(batch)
 
     def _write(self, batch: list[Any]) -> None:
-        """One transaction for the batch, retried with back-off; then split to isolate bad records."""
+        """One transaction for the batch, retried with back-off while the database is busy or unreachable.
+
+        A record the database refuses (ValueError, integrity error) cannot succeed by waiting: the batch is
+        split in halves until the bad record is alone, so only it is lost. A database still busy after all
+        retries loses the batch, counted as failed_storage (splitting would only multiply the wait)."""
         delay = self.config.storage_retry_s
         error: Exception | None = None
         for attempt in range(self.config.storage_retries + 1):
             try:
                 self.sink.write_inspections(batch)
-            except ValueError as exc:  # a record the database refuses: retrying the same batch cannot help
+            except ValueError as exc:
                 error = exc
                 break
-            except Exception as exc:  # busy/locked database, connection hiccup: retry
+            except Exception as exc:  # busy/locked database, connection hiccup: wait and retry
                 error = exc
                 if attempt < self.config.storage_retries:
                     self._stats.write_retry(f"{type(exc).__name__}: {exc}")
@@ -391,14 +404,16 @@ class Pipeline:
                 continue
             self._stats.stored_batch(len(batch), sum(r.image is not None for r in batch))
             return
-        if len(batch) > 1:
+        busy = type(error).__name__ == "DatabaseBusyError"
+        if len(batch) > 1 and not busy:
             middle = len(batch) // 2
             self._write(batch[:middle])
             self._write(batch[middle:])
             return
-        record = batch[0]
-        self._stats.drop("failed_storage", 1, f"frame {record.frame_seq}: {type(error).__name__}: {error}")
-        log.error("inspection of frame %s not stored: %s", record.frame_seq, error)
+        first = batch[0].frame_seq
+        self._stats.drop("failed_storage", len(batch),
+                         f"{len(batch)} record(s) from frame {first}: {type(error).__name__}: {error}")
+        log.error("%d inspection record(s) from frame %s not stored: %s", len(batch), first, error)
 
 
 # ---------------------------------------------------------------------------------------------------

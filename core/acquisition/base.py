@@ -107,6 +107,7 @@ class FrameSource(Protocol):
     """What the pipeline and the GUI rely on. See the module docstring for the threading rule."""
 
     camera_id: str
+    live: bool  # True: frames keep coming whether or not they are taken (a camera); see SourceBase.live
 
     def start(self) -> None:
         """Begin delivering frames (idempotent). Raises SourceError when the source cannot start."""
@@ -142,6 +143,10 @@ class SourceBase:
 
     Counters are only ever incremented through ``_count`` (under a lock) so readers get consistent snapshots.
     """
+
+    #: A live source (camera, or a replay paced like one) cannot wait: when the pipeline falls behind, it drops
+    #: the oldest frames. A non-live source (files as fast as asked) is read losslessly instead.
+    live: bool = True
 
     def __init__(self, camera_id: str) -> None:
         self.camera_id = camera_id

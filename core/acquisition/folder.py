@@ -27,7 +27,8 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
 class FolderSource(SourceBase):
     """Replays a folder's images.
 
-    rate_hz: frames per second (None or 0 = as fast as fetch() is called).
+    rate_hz: frames per second (None or 0 = as fast as fetch() is called; then the source is not ``live``
+        and the pipeline reads it without dropping frames).
     loop: start again at the first image after the last; otherwise the state becomes FINISHED.
     """
 
@@ -40,6 +41,7 @@ class FolderSource(SourceBase):
         super().__init__(camera_id=f"folder:{self.folder.name}")
         self.loop = loop
         self._pacer = Pacer(rate_hz)
+        self.live = bool(rate_hz)  # paced like a camera: drop when behind; as fast as asked: lossless
         self._position = 0
         self._stop = threading.Event()
 
