@@ -5,6 +5,7 @@
 - ``db_url`` (parametrised "sqlite" / "postgresql"): a fresh, empty database URL per test
   (None for SQLite: the default file inside the test's data directory).
 - ``db``: a StationDB opened on ``db_url`` with the data directory ``tmp_path / "data"``.
+- ``sqlite_db``: the same on SQLite only, for tests that need one backend.
 """
 from __future__ import annotations
 
@@ -61,6 +62,17 @@ def db(db_url: str | None, data_dir: Path):
     from core.storage import open_database
 
     database = open_database(db_url, data_dir)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+@pytest.fixture
+def sqlite_db(data_dir: Path):
+    from core.storage import open_database
+
+    database = open_database(None, data_dir)
     try:
         yield database
     finally:

@@ -93,6 +93,13 @@ def test_writer_killed_mid_stream_leaves_consistent_database(db_url, data_dir, b
         if path.name.startswith(".tmp-"):
             continue
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
+    db = open_database(db_url, data_dir)
+    try:
+        db.images.remove_stale_temp_files(min_age_s=0)
+        assert not list((data_dir / "images").rglob(".tmp-*"))
+        assert db.check_integrity(verify_hashes=True).ok
+    finally:
+        db.close()
 
 
 def _hold_lock(url_or_path: str, backend: str, seconds: float, started: threading.Event) -> None:

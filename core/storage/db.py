@@ -122,7 +122,7 @@ class StationDB:
     def __init__(self, engine: Engine, data_dir: Path, *, lock_retry_s: float = 60.0,
                  durable_images: bool = True) -> None:
         self._engine = engine
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # absolute: a later chdir must not move the image store
         self.images = ImageStore(self.data_dir, durable=durable_images)
         self.lock_retry_s = float(lock_retry_s)
         self.lock_retries = 0  # how many times a call had to wait for a locked/busy database

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,23 @@ class ImageStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return StoredFile(relative, digest)
+
+    def remove_stale_temp_files(self, min_age_s: float = 3600.0) -> int:
+        """Delete temporary files left by a writer that was killed mid-write (older than ``min_age_s``, so a
+        write in progress is never touched). Returns how many were removed. Walks the whole store."""
+        root = self.data_dir / STORE_DIR
+        if not root.is_dir():
+            return 0
+        cutoff = time.time() - float(min_age_s)
+        removed = 0
+        for path in root.glob("*/*/.tmp-*.png"):
+            try:
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another process cleaned it or renamed it into place
+                continue
+        return removed
 
     def path(self, relative_path: str) -> Path:
         """Absolute path of a stored file; refuses paths that would leave the data directory."""

@@ -57,6 +57,12 @@ class InspectionRecord:
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(float(value)):
                 raise ValueError(f"{where}: {name} must be a finite number, got {value!r}")
+        if not isinstance(self.frame_seq, (int, np.integer)) or isinstance(self.frame_seq, bool):
+            raise ValueError(f"{where}: frame_seq must be an integer, got {self.frame_seq!r}")
+        if self.camera_timestamp_ns is not None and not isinstance(self.camera_timestamp_ns, (int, np.integer)):
+            raise ValueError(f"{where}: camera_timestamp_ns must be an integer or None, got {self.camera_timestamp_ns!r}")
+        if self.model_id is not None and not isinstance(self.model_id, (int, np.integer)):
+            raise ValueError(f"{where}: model_id must be an integer or None, got {self.model_id!r}")
         if not isinstance(self.camera_id, str) or not self.camera_id or len(self.camera_id) > 128:
             raise ValueError(f"{where}: camera_id must be a non-empty string of at most 128 characters")
         if int(self.width) <= 0 or int(self.height) <= 0:
