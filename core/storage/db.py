@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
 import secrets
 import threading
 import time as _time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +34,7 @@ from core.data.images import ImageError
 from core.storage import roles
 from core.storage.engine import IMMEDIATE, default_url, make_engine
 from core.storage.errors import DatabaseBusyError, NotFoundError, StorageError
-from core.storage.imagestore import ImageStore
+from core.storage.imagestore import ImageStore, StoredFile
 from core.storage.passwords import hash_password, verify_password
 from core.storage.schema import (SCHEMA_VERSION, AuditLog, Base, Inspection, Label, ModelVersion, StationInfo,
                                  TrainingRun)
@@ -47,6 +49,7 @@ T = TypeVar("T")
 _PG_RETRY_CODES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 _SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
 _MAX_PAGE = 10_000
+_FILE_WORKERS = max(2, min(4, os.cpu_count() or 2))
 
 
 @functools.cache
@@ -127,6 +130,8 @@ class StationDB:
         self.lock_retry_s = float(lock_retry_s)
         self.lock_retries = 0  # how many times a call had to wait for a locked/busy database
         self._retry_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # image-file writers, made on first use
+        self._pool_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -145,7 +150,11 @@ class StationDB:
         return self._engine.dialect.name
 
     def close(self) -> None:
-        """Release every pooled connection. The object must not be used afterwards."""
+        """Release every pooled connection and the file-writing threads. The object must not be used afterwards."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
         self._engine.dispose()
 
     def __enter__(self) -> "StationDB":
@@ -230,9 +239,7 @@ class StationDB:
         if not records:
             return []
         rows = []
-        for record in records:
-            image = self.images.put_image(record.image) if record.image is not None else None
-            mask = self.images.put_mask(record.mask) if record.mask is not None else None
+        for record, (image, mask) in zip(records, self._store_files(records)):
             rows.append({
                 "time": utc(record.time), "camera_id": record.camera_id, "frame_seq": int(record.frame_seq),
                 "camera_timestamp_ns": None if record.camera_timestamp_ns is None else int(record.camera_timestamp_ns),
@@ -251,6 +258,28 @@ class StationDB:
             return [int(row[0]) for row in session.execute(statement, rows)]
 
         return self._run(work, write=True)
+
+    def _store_files(self, records: list[InspectionRecord]) -> list[tuple[StoredFile | None, StoredFile | None]]:
+        """(image, mask) stored files per record. PNG encoding, hashing and fsync release the GIL, so a
+        batch is spread over a few threads."""
+        jobs = [(i, kind, array) for i, r in enumerate(records)
+                for kind, array in (("image", r.image), ("mask", r.mask)) if array is not None]
+        stored: list[list[StoredFile | None]] = [[None, None] for _ in records]
+
+        def put(job: tuple[int, str, np.ndarray]) -> StoredFile:
+            _, kind, array = job
+            return self.images.put_image(array) if kind == "image" else self.images.put_mask(array)
+
+        if len(jobs) > 1:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=_FILE_WORKERS, thread_name_prefix="imagestore")
+            results = list(self._pool.map(put, jobs))
+        else:
+            results = [put(job) for job in jobs]
+        for (i, kind, _), result in zip(jobs, results):
+            stored[i][0 if kind == "image" else 1] = result
+        return [(image, mask) for image, mask in stored]
 
     def _conditions(self, *, verdict: str | Iterable[str] | None = None, since: datetime | None = None,
                     until: datetime | None = None, model_id: int | None = None, tagged: bool | None = None,
