@@ -448,3 +448,18 @@ def test_audit_entries(db, engineer):
     assert db.list_audit(offset=1, limit=1)[0].action == "settings"
     with pytest.raises(ValueError, match="JSON"):
         db.audit(engineer, "settings", {"bad": object()})
+
+
+def test_bad_database_urls_and_files_give_clear_errors(tmp_path):
+    with pytest.raises(StorageError, match="not a database URL"):
+        open_database("station.db", tmp_path)
+    with pytest.raises(StorageError, match="unsupported database URL"):
+        open_database("nosuchdb://host/x", tmp_path)
+    with pytest.raises(StorageError, match="cannot open the database") as refused:
+        open_database("postgresql+psycopg2://station:s3cret@127.0.0.1:1/station", tmp_path)
+    assert "s3cret" not in str(refused.value)  # the password is never echoed
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "station.db").write_bytes(b"this is not an SQLite database" * 100)
+    with pytest.raises(StorageError, match="not a database"):
+        open_database(None, broken)

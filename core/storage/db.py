@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy import Engine, and_, func, insert, select, text, true, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 from core.data.images import ImageError
@@ -87,6 +87,11 @@ def open_database(url: str | None = None, data_dir: str | Path = "data", *, busy
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     url = url or default_url(data_dir)
+    try:
+        make_url(url)
+    except ArgumentError as exc:
+        raise StorageError(f"not a database URL: {url!r} (e.g. sqlite:///path/station.db or "
+                           "postgresql+psycopg2://user:password@host/dbname)") from None
     try:
         engine = make_engine(url, busy_timeout_ms=busy_timeout_ms)
     except NoSuchModuleError as exc:
@@ -194,8 +199,10 @@ class StationDB:
                 Base.metadata.create_all(self._engine)
                 break
             except DBAPIError as exc:
-                if attempt == 4:
-                    raise StorageError(f"cannot create the schema in {self.url}: {exc.orig}") from exc
+                message = str(exc.orig).lower()
+                racing = "already exists" in message or "duplicate" in message or _is_retryable(exc)
+                if attempt == 4 or not racing or exc.connection_invalidated:
+                    raise StorageError(f"cannot open the database {self.url}: {exc.orig}".strip()) from exc
                 _time.sleep(0.2 * (attempt + 1))
 
         def work(session: Session) -> None:
