@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QPainter
+from PySide6.QtGui import QBrush, QColor, QPainter, QPen
 from PySide6.QtWidgets import (QCheckBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QSlider,
                                QVBoxLayout, QWidget)
 
@@ -163,7 +163,12 @@ class VerdictStrip(QWidget):
         self.history: deque[str] = deque(maxlen=STRIP_LENGTH)
         self.setFixedHeight(self.CHIP_H + 2)
         self.setMinimumWidth(8 * (self.CHIP_W + self.GAP))
-        self._colours = {k: QColor(v) for k, v in VERDICT_COLOURS.items()}
+        # explicit QPen/QBrush objects: implicit QColor -> QBrush conversions in paint code hit a reference
+        # counting bug in PySide6 6.12 ("none_dealloc") after thousands of calls
+        self._brushes = {k: QBrush(QColor(v)) for k, v in VERDICT_COLOURS.items()}
+        self._no_pen = QPen(Qt.PenStyle.NoPen)
+        self._text_pen = QPen(QColor("white"))
+        self._align = Qt.AlignmentFlag.AlignCenter
 
     def push(self, verdict: str) -> None:
         self.history.appendleft(verdict)
@@ -180,11 +185,11 @@ class VerdictStrip(QWidget):
             if x + self.CHIP_W > self.width():
                 break
             rect = QRectF(x, 1, self.CHIP_W, self.CHIP_H)
-            painter.setPen(Qt.PenStyle.NoPen)
-            painter.setBrush(self._colours.get(verdict, self._colours["NONE"]))
-            painter.drawRoundedRect(rect, 3, 3)
-            painter.setPen(QColor("white"))
-            painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, {"REVIEW": "R"}.get(verdict, verdict))
+            painter.setPen(self._no_pen)
+            painter.setBrush(self._brushes.get(verdict, self._brushes["NONE"]))
+            painter.drawRoundedRect(rect, 3.0, 3.0)
+            painter.setPen(self._text_pen)
+            painter.drawText(rect, self._align, "R" if verdict == "REVIEW" else verdict)
             x += self.CHIP_W + self.GAP
         painter.end()
 

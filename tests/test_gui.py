@@ -344,3 +344,18 @@ def test_settings_page_saves_validated_file(app_window, qtbot, station):
     assert "camera.source" in page.message.text()
     assert load_settings(station.settings_path).camera.source.startswith("folder:")
     qtbot.waitUntil(lambda: any(e.action == "settings" for e in context.db.list_audit(limit=5)), timeout=WAIT)
+
+
+def test_qt_binding_does_not_leak_references_to_none(qapp):
+    """PySide6 6.12.0 on Python 3.11 drops a reference to None on every call of a method that returns
+    nothing (QLabel.setText, QPainter.setPen, ...); a station GUI then dies with 'none_dealloc' after a few
+    minutes of painting. Guard against installing such a build again (pyproject excludes it)."""
+    import sys
+
+    from PySide6.QtWidgets import QLabel
+
+    label = QLabel("x")
+    before = sys.getrefcount(None)
+    for _ in range(5000):
+        label.setText("a")
+    assert abs(sys.getrefcount(None) - before) < 100, "this PySide6 build leaks references to None (use < 6.12)"
