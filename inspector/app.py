@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from inspector.context import AppContext, DemoInfo
     from inspector.main_window import MainWindow
     from inspector.styles import apply_style
-    from inspector.users import LoginDialog
+    from inspector.users import FirstAdminDialog, LoginDialog
 
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir(demo=args.demo)
     setup_logging(data_dir)
@@ -138,12 +138,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     context = AppContext(settings, settings_path, data_dir, db, demo=demo)
     install_excepthook(context)
-    login = LoginDialog(db, demo.credentials if demo else _first_run_hint(db))
-    if not login.exec() or login.user is None:
-        db.close()
-        return 0
+    if not _has_users(db):
+        first = FirstAdminDialog(db)
+        if not first.exec() or first.user is None:
+            db.close()
+            return 0
+        user = first.user
+    else:
+        login = LoginDialog(db, demo.credentials if demo else None)
+        if not login.exec() or login.user is None:
+            db.close()
+            return 0
+        user = login.user
     window = MainWindow(context)
-    context.set_user(login.user)
+    context.set_user(user)
     window.show()
     if demo is not None:
         context.tell("Demo: synthetic camera with planted defects. Tag images on Review, retrain on Models.")
@@ -154,14 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(code)
 
 
-def _first_run_hint(db) -> list[tuple[str, str, str]] | None:
-    """On a station without users, say how to create the first one instead of showing a dead end."""
+def _has_users(db) -> bool:
+    """False on a new station (no user yet): then the first administrator is created instead of a log-in."""
     try:
-        if not db.list_users():
-            log.warning("no users in the database; start with --demo or create an admin with core.storage")
+        return bool(db.list_users())
     except Exception:
         log.exception("could not list users")
-    return None
+        return True  # the log-in will say what is wrong
 
 
 if __name__ == "__main__":

@@ -88,6 +88,61 @@ class LoginDialog(QDialog):
         self.message.setText(f"The log-in could not be checked: {message}")
 
 
+class FirstAdminDialog(QDialog):
+    """A station whose database has no user yet: create the first administrator (who then adds the others)."""
+
+    def __init__(self, db, parent=None) -> None:
+        super().__init__(parent)
+        self.db = db
+        self.user = None
+        self.setWindowTitle("Inspection station — first start")
+        self.setMinimumWidth(440)
+        title = QLabel("Create the administrator")
+        title.setObjectName("pageTitle")
+        note = QLabel("This station has no users yet. The administrator adds operators and engineers "
+                      "on the Users screen.")
+        note.setWordWrap(True)
+        note.setObjectName("hint")
+        self.name = QLineEdit("admin")
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.repeat = QLineEdit()
+        self.repeat.setEchoMode(QLineEdit.EchoMode.Password)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.ok_button = QPushButton("Create and log in")
+        self.ok_button.setObjectName("primary")
+        self.ok_button.clicked.connect(self.create)
+        form = QFormLayout()
+        form.addRow("Name", self.name)
+        form.addRow("Password", self.password)
+        form.addRow("Repeat password", self.repeat)
+        layout = QVBoxLayout(self)
+        layout.addWidget(title)
+        layout.addWidget(note)
+        layout.addLayout(form)
+        layout.addWidget(self.message)
+        layout.addWidget(self.ok_button)
+
+    def create(self) -> None:
+        name, password = self.name.text().strip(), self.password.text()
+        if password != self.repeat.text():
+            self.message.setText("The two passwords differ.")
+            return
+        self.ok_button.setEnabled(False)
+        db = self.db
+        workers.submit(lambda: (db.create_user(name, password, "admin"), db.authenticate(name, password))[1],
+                       self._created, self._failed, "first-admin")
+
+    def _created(self, user) -> None:
+        self.user = user
+        self.accept()
+
+    def _failed(self, message: str) -> None:
+        self.ok_button.setEnabled(True)
+        self.message.setText(f"Not created: {message}")
+
+
 class UsersPage(QWidget):
     """Users and roles (admins add users and change roles) and the audit log, newest first, paged."""
 

@@ -294,6 +294,22 @@ def test_retrain_promote_roll_back_and_calibrate(app_window, qtbot, station):
     assert window.errors == []
 
 
+def test_retrain_can_be_cancelled_and_changes_nothing(app_window, qtbot):
+    window, context = app_window
+    window.login("eve", "eve-secret")
+    stream(qtbot, window, context, 12)
+    _tag_by_verdict(context)
+    page = window.show_page("model")
+    with qtbot.waitSignal(page.retrain_finished, timeout=120_000) as finished:
+        qtbot.mouseClick(page.retrain_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: page.cancel_button.isEnabled(), timeout=WAIT)
+        qtbot.mouseClick(page.cancel_button, Qt.MouseButton.LeftButton)
+    assert finished.args == [None, "cancelled"]
+    assert "cancelled" in page.stage_label.text() and page.retrain_button.isEnabled()
+    qtbot.waitUntil(lambda: context.db.list_training_runs(limit=1)[0].status == "cancelled", timeout=WAIT)
+    assert len(context.db.list_models()) == 1  # nothing registered, the active model unchanged
+
+
 def test_calibrate_without_ng_tags_says_so(app_window, qtbot):
     window, context = app_window
     window.login("eve", "eve-secret")

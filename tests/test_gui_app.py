@@ -78,3 +78,44 @@ def test_demo_on_a_fresh_machine(tmp_path, monkeypatch, qapp):
     again = time.monotonic()
     setup = prepare_demo(data)
     assert not setup.trained and time.monotonic() - again < 15
+
+
+def test_new_station_creates_the_first_administrator(tmp_path, qapp):
+    from inspector.users import FirstAdminDialog
+
+    seen: dict = {}
+    started = time.monotonic()
+
+    def drive() -> None:
+        for widget in QApplication.topLevelWidgets():
+            if isinstance(widget, FirstAdminDialog) and widget.isVisible() and widget.ok_button.isEnabled():
+                if not seen.get("mismatch"):
+                    widget.password.setText("s3cret-pass")
+                    widget.repeat.setText("other")
+                    widget.create()
+                    seen["mismatch"] = widget.message.text()
+                else:
+                    widget.repeat.setText("s3cret-pass")
+                    widget.create()
+            if isinstance(widget, MainWindow) and widget.isVisible():
+                seen["user"] = (widget.context.user.name, widget.context.user.role)
+                seen["manage"] = widget.users_page.add_button.isEnabled()
+                widget.close()
+        if time.monotonic() - started > 60:
+            for widget in QApplication.topLevelWidgets():
+                widget.close()
+
+    timer = QTimer()
+    timer.timeout.connect(drive)
+    timer.start(100)
+    try:
+        assert inspector_app.main(["--data-dir", str(tmp_path / "station")]) == 0
+    finally:
+        timer.stop()
+    assert seen["mismatch"] == "The two passwords differ."
+    assert seen["user"] == ("admin", "admin") and seen["manage"]
+    db = open_database(None, tmp_path / "station")
+    try:
+        assert db.authenticate("admin", "s3cret-pass") is not None
+    finally:
+        db.close()
