@@ -368,10 +368,13 @@ class Pipeline:
                 continue
             if first is None:
                 break
+            # fill the batch for up to write_interval_s: few large transactions cost far less (CPU, GIL,
+            # fsync) than many small ones, and only storage waits, not the verdict on screen
             batch = [first]
+            fill_until = time.monotonic() + cfg.write_interval_s
             while len(batch) < cfg.write_batch:
                 try:
-                    item = self._records.get_nowait()
+                    item = self._records.get(timeout=max(0.0, fill_until - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:
@@ -456,6 +459,8 @@ def run_headless(source: str, model_dir: str | Path | None = None, db_url: str |
                     progress(pipeline.stats())
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+            if progress is not None:
+                progress(pipeline.stats())  # once more at the end of acquisition, before the drain
         except KeyboardInterrupt:
             log.warning("interrupted: stopping the pipeline")
         finally:

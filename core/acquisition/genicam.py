@@ -167,6 +167,8 @@ class CameraConfig:
     frame_rate: frames/s (AcquisitionFrameRate). exposure_us: ExposureTime in microseconds. gain_db: Gain.
     trigger: "free-run", "software" (TriggerSoftware command via GenICamSource.trigger()) or "hardware".
     trigger_source: the line for hardware triggering.
+    num_buffers: buffers announced to the producer (harvesters' default is 3, too few to ride out a busy
+        host at 200 frames/s; each costs one frame of memory). None = harvesters' default.
     strict: raise SourceError when a requested feature is missing or refused (else it is reported).
     """
 
@@ -177,7 +179,7 @@ class CameraConfig:
     gain_db: float | None = None
     trigger: str = "free-run"
     trigger_source: str = "Line0"
-    num_buffers: int | None = None
+    num_buffers: int | None = 8
     strict: bool = False
 
     def __post_init__(self) -> None:
