@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models.backbones import backbone_channels, build_backbone
-from core.models.cam_classifier import CamHead, topk_pool
+from core.models.cam_classifier import CamHead, fuse_taps, topk_pool
 from core.models.registry import register_family
 
-DEFAULT_CONFIG = {"decoder_channels": 64, "image_channels": 16, "head_hidden": 96, "topk_fraction": 0.02}
+DEFAULT_CONFIG = {"decoder_channels": 32, "image_channels": 8, "head_hidden": 64, "topk_fraction": 0.02}
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -27,22 +27,22 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class SegDecoder(nn.Module):
-    """forward(f8 (N, C8, H/8, W/8), f16 (N, C16, H/16, W/16), x (N, 3, H, W)) -> logits (N, 1, H/4, W/4)."""
+    """forward(fused taps (N, C8 + C16, H/8, W/8), x (N, 3, H, W)) -> logits (N, 1, H/4, W/4).
 
-    def __init__(self, channels: tuple[int, int], decoder_channels: int = 64, image_channels: int = 16) -> None:
+    The taps arrive fused (stride 16 bilinearly upsampled and concatenated, core.models.cam_classifier.
+    fuse_taps); a 1x1 conv on them equals the usual per-tap lateral convs summed (both are linear)."""
+
+    def __init__(self, in_channels: int, decoder_channels: int = 32, image_channels: int = 8) -> None:
         super().__init__()
         c = decoder_channels
-        self.lateral8 = nn.Conv2d(channels[0], c, 1)
-        self.lateral16 = nn.Conv2d(channels[1], c, 1)
+        self.lateral = nn.Conv2d(in_channels, c, 1)
         self.fuse = nn.Sequential(_conv_bn(c, c), _conv_bn(c, c // 2))
         self.image = nn.Sequential(_conv_bn(3, image_channels, stride=2), _conv_bn(image_channels, image_channels, stride=2))
         self.refine = _conv_bn(c // 2 + image_channels, c // 2)
         self.out = nn.Conv2d(c // 2, 1, 1)
 
-    def forward(self, f8: torch.Tensor, f16: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        f8, f16 = f8.float(), f16.float()
-        top = F.interpolate(self.lateral16(f16), size=f8.shape[-2:], mode="bilinear", align_corners=False)
-        coarse = self.fuse(self.lateral8(f8) + top)
+    def forward(self, fused: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        coarse = self.fuse(self.lateral(fused.float()))
         fine = self.image(x)
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
         return self.out(self.refine(torch.cat([coarse, fine], dim=1)))
@@ -55,7 +55,7 @@ class CamSegmenter(nn.Module):
         super().__init__()
         cfg = {**DEFAULT_CONFIG, **config}
         self.backbone = backbone
-        self.decoder = SegDecoder(channels, int(cfg["decoder_channels"]), int(cfg["image_channels"]))
+        self.decoder = SegDecoder(sum(channels), int(cfg["decoder_channels"]), int(cfg["image_channels"]))
         self.score_head = CamHead(sum(channels), int(cfg["head_hidden"]))
         self.topk_fraction = float(cfg["topk_fraction"])
 
@@ -64,15 +64,14 @@ class CamSegmenter(nn.Module):
         self.backbone.eval()  # frozen: its batch-norm statistics never move
         return self
 
-    def heads(self, f8: torch.Tensor, f16: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """From backbone features: (segmentation logits (N, 1, H, W) at input size, image logit (N,))."""
-        seg = F.interpolate(self.decoder(f8, f16, x), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        _, cam = self.score_head(f8, f16)
+    def heads(self, fused: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From fused backbone taps (N, C, H/8, W/8): (segmentation logits (N, 1, H, W), image logit (N,))."""
+        seg = F.interpolate(self.decoder(fused, x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        _, cam = self.score_head(fused)
         return seg, topk_pool(cam, self.topk_fraction)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f8, f16 = self.backbone(x)
-        seg, logit = self.heads(f8, f16, x)
+        seg, logit = self.heads(fuse_taps(*self.backbone(x)), x)
         return torch.sigmoid(seg), torch.sigmoid(logit)
 
 

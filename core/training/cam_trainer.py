@@ -52,11 +52,11 @@ class CamConfig:
     """Hyper-parameters; any can be overridden through TrainOptions.extra (same names)."""
 
     input_size: int = 256
-    dfc_epochs: int = 8
-    clm_epochs: int = 8
+    dfc_epochs: int = 6
+    clm_epochs: int = 6
     gcm_rounds: int = 2
-    gcm_epochs: int = 4
-    seg_epochs: int = 8          # per segmenter round
+    gcm_epochs: int = 3
+    seg_epochs: int = 6          # per segmenter round
     head_lr: float = 2e-3
     seg_lr: float = 3e-3
     clm_weight: float = 0.3
@@ -158,7 +158,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     stages.begin("features", f"backbone {options.backbone}")
     backbone = build_backbone(options.backbone, weights_path=options.backbone_weights).to(device)
     channels = backbone_channels(options.backbone)
-    f8, f16 = extract_features(backbone, data.images, norm, device=device, check_cancel=options.check_cancel,
+    feats = extract_features(backbone, data.images, norm, device=device, check_cancel=options.check_cancel,
                                on_batch=lambda n: stages.update(n / len(samples), f"{n}/{len(samples)}"))
     stages.end()
 
@@ -170,18 +170,18 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         return lambda e, m: stages.update((e + 1) / total, f"epoch {e + 1}/{total}", **m)
 
     stages.begin("dfc", "CAM classifier on image labels")
-    train_head(head, f8, f16, labels, HeadSchedule(epochs=cfg.dfc_epochs, **schedule), seed=options.seed,
+    train_head(head, feats, labels, HeadSchedule(epochs=cfg.dfc_epochs, **schedule), seed=options.seed,
                device=device, check_cancel=options.check_cancel, on_epoch=head_epoch(cfg.dfc_epochs))
     _keep_head(keep, "cam", head)
     if keep is not None:  # control for the ablation: plain CAM trained as long as +CLM, without the CLM
         control = copy.deepcopy(head)
-        train_head(control, f8, f16, labels, HeadSchedule(epochs=cfg.clm_epochs, **schedule), seed=options.seed + 1,
+        train_head(control, feats, labels, HeadSchedule(epochs=cfg.clm_epochs, **schedule), seed=options.seed + 1,
                    device=device, check_cancel=options.check_cancel)
         _keep_head(keep, "cam_long", control)
     stages.end()
 
     stages.begin("clm", "contrastive module")
-    train_head(head, f8, f16, labels, HeadSchedule(epochs=cfg.clm_epochs, clm_weight=cfg.clm_weight, **schedule),
+    train_head(head, feats, labels, HeadSchedule(epochs=cfg.clm_epochs, clm_weight=cfg.clm_weight, **schedule),
                projection=projection, seed=options.seed + 1, device=device, check_cancel=options.check_cancel,
                on_epoch=head_epoch(cfg.clm_epochs))
     _keep_head(keep, "clm", head)
@@ -191,17 +191,17 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     classify = image_classifier(classifier, norm, device=device)
     stages.begin("gcm", f"{cfg.gcm_rounds} rounds of guided crops")
     for round_index in range(cfg.gcm_rounds):
-        _, cams = cams_from_features(head, f8, f16, size, cfg.topk_fraction, device=device)
+        _, cams = cams_from_features(head, feats, size, cfg.topk_fraction, device=device)
         crops, crop_labels, _ = guided_crops(data.images, cams, labels, rng, margin=cfg.gcm_margin,
                                              min_side=cfg.gcm_min_side)
-        c8, c16 = extract_features(backbone, crops, norm, device=device, check_cancel=options.check_cancel)
+        crop_feats = extract_features(backbone, crops, norm, device=device, check_cancel=options.check_cancel)
         stages.update((round_index + 0.5) / cfg.gcm_rounds, f"round {round_index + 1}: {len(crops)} crops")
-        train_head(head, torch.cat([f8, c8]), torch.cat([f16, c16]), np.concatenate([labels, crop_labels]),
+        train_head(head, torch.cat([feats, crop_feats]), np.concatenate([labels, crop_labels]),
                    HeadSchedule(epochs=cfg.gcm_epochs, clm_weight=cfg.clm_weight, **schedule), projection=projection,
                    seed=options.seed + 2 + round_index, device=device, check_cancel=options.check_cancel)
         stages.update((round_index + 1) / cfg.gcm_rounds, f"round {round_index + 1} trained")
     _keep_head(keep, "gcm", head)
-    train_probs, cams = cams_from_features(head, f8, f16, size, cfg.topk_fraction, device=device)
+    train_probs, cams = cams_from_features(head, feats, size, cfg.topk_fraction, device=device)
     stages.end(train_ap=_train_ap(train_probs, labels))
 
     stages.begin("iem", f"up to {cfg.iem_rounds} inpainting rounds")
@@ -226,29 +226,29 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
                       check_cancel=options.check_cancel)
 
     stages.begin("segmenter-1", "decoder on CRF pseudo masks")
-    train_decoder(model, f8, f16, data.images, masks, labels, norm, seed=options.seed + 10, **seg_kwargs,
+    train_decoder(model, feats, data.images, masks, labels, norm, seed=options.seed + 10, **seg_kwargs,
                   on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs, f"epoch {e + 1}", loss=loss))
     stages.end()
     meta_base = dict(family="cam", backbone=options.backbone, input_size=size, normalisation=norm,
                      dataset={"path": str(dataset.root), "hash": dataset.content_hash(), "supervision": "weak"})
     if keep is not None:
-        round1 = _calibrate(model, f8, f16, data.images, labels, masks, norm, device)
+        round1 = _calibrate(model, feats, data.images, labels, masks, norm, device)
         save_package(keep / "seg1", model, new_meta(config={"network": network_config}, thresholds=round1, **meta_base))
 
     stages.begin("refine", "CRF on the segmenter's maps")
-    _, seg_maps = predict_from_features(model, f8, f16, data.images, norm, device=device)
+    _, seg_maps = predict_from_features(model, feats, data.images, norm, device=device)
     masks2, _ = crf_pseudo_masks(data.images, seg_maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
                                  ring=cfg.mask_ring, check_cancel=options.check_cancel,
                                  on_image=lambda i: stages.update((i + 1) / len(defect)))
     stages.end(**mask_stats(masks2, labels))
 
     stages.begin("segmenter-2", "decoder on refined masks")
-    train_decoder(model, f8, f16, data.images, masks2, labels, norm, seed=options.seed + 20, **seg_kwargs,
+    train_decoder(model, feats, data.images, masks2, labels, norm, seed=options.seed + 20, **seg_kwargs,
                   on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs, f"epoch {e + 1}", loss=loss))
     stages.end()
 
     stages.begin("calibrate", "thresholds from training images and pseudo masks")
-    thresholds = _calibrate(model, f8, f16, data.images, labels, masks2, norm, device)
+    thresholds = _calibrate(model, feats, data.images, labels, masks2, norm, device)
     stages.end(pixel=thresholds.pixel, ok=thresholds.ok, ng=thresholds.ng)
 
     config = {"network": network_config, "training": asdict(cfg), "seed": options.seed,
@@ -261,11 +261,11 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     return save_package(options.out, model.cpu(), meta)
 
 
-def _calibrate(model: CamSegmenter, f8: torch.Tensor, f16: torch.Tensor, images: np.ndarray, labels: np.ndarray,
+def _calibrate(model: CamSegmenter, feats: torch.Tensor, images: np.ndarray, labels: np.ndarray,
                masks: np.ndarray, norm: dict, device: torch.device) -> Thresholds:
     """Image thresholds from the training scores and labels; the pixel threshold that best fits the
     pseudo masks over their non-ignored pixels (good images: all background)."""
-    scores, maps = predict_from_features(model, f8, f16, images, norm, device=device)
+    scores, maps = predict_from_features(model, feats, images, norm, device=device)
     ok, ng = image_thresholds(scores, labels)
     valid = [m != IGNORE for m in masks]
     try:

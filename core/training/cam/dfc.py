@@ -33,11 +33,11 @@ def random_flip(*tensors: torch.Tensor, rng: np.random.Generator) -> list[torch.
     return [t.flip(dims) if dims else t for t in tensors]
 
 
-def train_head(head: CamHead, f8: torch.Tensor, f16: torch.Tensor, labels: np.ndarray, schedule: HeadSchedule, *,
+def train_head(head: CamHead, features: torch.Tensor, labels: np.ndarray, schedule: HeadSchedule, *,
                projection: Projection | None = None, seed: int = 0, device: torch.device | str = "cpu",
                check_cancel: Callable[[], None] = lambda: None,
                on_epoch: Callable[[int, dict], None] | None = None) -> None:
-    """Train ``head`` (in place) on features f8 (N, C8, h, w), f16 (N, C16, h/2, w/2) and labels (N,)."""
+    """Train ``head`` (in place) on fused features (N, C, h, w) and labels (N,)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     params = list(head.parameters())
@@ -52,15 +52,16 @@ def train_head(head: CamHead, f8: torch.Tensor, f16: torch.Tensor, labels: np.nd
     steps = schedule.epochs * int(np.ceil(len(y) / schedule.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=schedule.lr, total_steps=max(1, steps))
     head.train()
+    head.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
     for epoch in range(schedule.epochs):
         order = rng.permutation(len(y))
         totals = {"bce": 0.0, "clm": 0.0}
         for start in range(0, len(order), schedule.batch_size):
             check_cancel()
             pick = torch.as_tensor(order[start:start + schedule.batch_size])
-            a, b = random_flip(f8[pick].to(device).float(), f16[pick].to(device).float(), rng=rng)
+            (batch,) = random_flip(features[pick].to(device).float(), rng=rng)
             pick = pick.to(device)
-            embedding, cam = head(a, b)
+            embedding, cam = head(batch.contiguous(memory_format=torch.channels_last))
             bce = F.binary_cross_entropy_with_logits(topk_pool(cam, schedule.topk_fraction), y[pick],
                                                      pos_weight=pos_weight)
             # WILDCAT-style low-k term: defects cover well under half an image, so the weakest half of
@@ -86,14 +87,14 @@ def train_head(head: CamHead, f8: torch.Tensor, f16: torch.Tensor, labels: np.nd
 
 
 @torch.no_grad()
-def cams_from_features(head: CamHead, f8: torch.Tensor, f16: torch.Tensor, size: tuple[int, int],
+def cams_from_features(head: CamHead, features: torch.Tensor, size: tuple[int, int],
                        topk_fraction: float, batch_size: int = 64, device: torch.device | str = "cpu"
                        ) -> tuple[np.ndarray, np.ndarray]:
     """(image probabilities (N,), CAM maps (N, H, W) float32 in 0..1 at ``size``; see cam_map)."""
     head.eval()
     probs, cams = [], []
-    for start in range(0, len(f8), batch_size):
-        _, cam = head(f8[start:start + batch_size].to(device).float(), f16[start:start + batch_size].to(device).float())
+    for start in range(0, len(features), batch_size):
+        _, cam = head(features[start:start + batch_size].to(device).float())
         logit = topk_pool(cam, topk_fraction)
         probs.append(torch.sigmoid(logit).cpu())
         cams.append(cam_map(F.interpolate(cam, size=size, mode="bilinear", align_corners=False), logit)[:, 0].cpu())

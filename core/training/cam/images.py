@@ -13,6 +13,7 @@ from torch import nn
 
 from core.data.dataset import DatasetError, Sample
 from core.data.images import ImageError, read_image, to_rgb_float
+from core.models.cam_classifier import fuse_taps
 
 
 @dataclass
@@ -62,14 +63,13 @@ def to_tensor(images: np.ndarray, normalisation: dict) -> torch.Tensor:
 @torch.inference_mode()
 def extract_features(backbone: nn.Module, images: np.ndarray, normalisation: dict, *, batch_size: int = 16,
                      device: torch.device | str = "cpu", check_cancel: Callable[[], None] = lambda: None,
-                     on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone taps of every image, kept on the CPU as float16: (N, C8, H/8, W/8), (N, C16, H/16, W/16)."""
-    f8s, f16s = [], []
+                     on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Fused backbone taps (fuse_taps) of every image, kept on the CPU as float16: (N, C8 + C16, H/8, W/8)."""
+    chunks = []
     for start in range(0, len(images), batch_size):
         check_cancel()
-        f8, f16 = backbone(to_tensor(images[start:start + batch_size], normalisation).to(device))
-        f8s.append(f8.half().cpu())
-        f16s.append(f16.half().cpu())
+        chunks.append(fuse_taps(*backbone(to_tensor(images[start:start + batch_size], normalisation).to(device)))
+                      .half().cpu())
         if on_batch is not None:
             on_batch(min(start + batch_size, len(images)))
-    return torch.cat(f8s), torch.cat(f16s)
+    return torch.cat(chunks)

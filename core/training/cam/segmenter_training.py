@@ -32,7 +32,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, labels: torch.
     return bce + dice.mean()
 
 
-def train_decoder(model: CamSegmenter, f8: torch.Tensor, f16: torch.Tensor, images: np.ndarray, masks: np.ndarray,
+def train_decoder(model: CamSegmenter, features: torch.Tensor, images: np.ndarray, masks: np.ndarray,
                   labels: np.ndarray, normalisation: dict, *, epochs: int, lr: float = 3e-3, batch_size: int = 16,
                   good_per_epoch: int | None = None, seed: int = 0, device: torch.device | str = "cpu",
                   check_cancel: Callable[[], None] = lambda: None,
@@ -49,6 +49,7 @@ def train_decoder(model: CamSegmenter, f8: torch.Tensor, f16: torch.Tensor, imag
     optimiser = torch.optim.AdamW(model.decoder.parameters(), lr=lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(1, steps))
     model.decoder.train()
+    model.decoder.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
     for epoch in range(epochs):
         order = rng.permutation(np.concatenate([defect, rng.choice(good, n_good, replace=False)]).astype(np.int64))
         total = 0.0
@@ -58,9 +59,9 @@ def train_decoder(model: CamSegmenter, f8: torch.Tensor, f16: torch.Tensor, imag
             index = torch.as_tensor(pick)
             x = to_tensor(images[pick], normalisation).to(device)
             target = torch.from_numpy(masks[pick])[:, None].to(device)
-            a, b, x, target = random_flip(f8[index].to(device).float(), f16[index].to(device).float(), x, target,
-                                          rng=rng)
-            logits = F.interpolate(model.decoder(a, b, x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            fused, x, target = random_flip(features[index].to(device).float(), x, target, rng=rng)
+            cl = torch.channels_last
+            logits = F.interpolate(model.decoder(fused.contiguous(memory_format=cl), x.contiguous(memory_format=cl)), size=x.shape[-2:], mode="bilinear", align_corners=False)
             loss = segmentation_loss(logits, target[:, 0], torch.as_tensor(labels[pick], device=device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -73,7 +74,7 @@ def train_decoder(model: CamSegmenter, f8: torch.Tensor, f16: torch.Tensor, imag
 
 
 @torch.no_grad()
-def predict_from_features(model: CamSegmenter, f8: torch.Tensor, f16: torch.Tensor, images: np.ndarray,
+def predict_from_features(model: CamSegmenter, features: torch.Tensor, images: np.ndarray,
                           normalisation: dict, batch_size: int = 32, device: torch.device | str = "cpu"
                           ) -> tuple[np.ndarray, np.ndarray]:
     """(scores (N,), maps (N, H, W) float32 defect probabilities) without re-running the backbone."""
@@ -81,8 +82,7 @@ def predict_from_features(model: CamSegmenter, f8: torch.Tensor, f16: torch.Tens
     scores, maps = [], []
     for start in range(0, len(images), batch_size):
         x = to_tensor(images[start:start + batch_size], normalisation).to(device)
-        seg, logit = model.heads(f8[start:start + batch_size].to(device).float(),
-                                 f16[start:start + batch_size].to(device).float(), x)
+        seg, logit = model.heads(features[start:start + batch_size].to(device).float(), x)
         scores.append(torch.sigmoid(logit).cpu().numpy())
         maps.append(torch.sigmoid(seg)[:, 0].cpu().numpy())
     return np.concatenate(scores), np.concatenate(maps)

@@ -1,0 +1,89 @@
+"""The cam family end to end on a tiny synthetic dataset: train from image labels, package, load, predict."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.data.dataset import open_dataset
+from core.data.synthetic import write_synthetic_dataset
+from core.evaluation import evaluate
+from core.inference.detector import Detector
+from core.inference.package import read_meta
+from core.training.api import TrainingCancelled, TrainingError, TrainOptions, trainer_for
+
+FAST = {"input_size": 96, "gcm_rounds": 1, "iem_rounds": 2}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = write_synthetic_dataset(tmp_path_factory.mktemp("cam") / "syn", train_good=24, train_defect=16,
+                                   test_good=8, test_defect=8, size=(96, 96), seed=4, masks=True)
+    # Weak supervision must never read a training mask: make them all unreadable.
+    for mask in (root / "train" / "masks").iterdir():
+        mask.write_bytes(b"not a png")
+    return root
+
+
+@pytest.mark.timeout(120)
+def test_train_package_load_predict(dataset, tmp_path):
+    events = []
+    out = trainer_for("cam")(open_dataset(dataset), TrainOptions(out=tmp_path / "m", epochs=3, extra=FAST), events.append)
+    meta = read_meta(out)
+    assert meta["family"] == "cam" and meta["dataset"]["supervision"] == "weak"
+    assert len(meta["dataset"]["hash"]) == 64
+    assert set(meta["config"]["stage_seconds"]) == {"load", "features", "dfc", "clm", "gcm", "iem", "crf",
+                                                    "segmenter-1", "refine", "segmenter-2", "calibrate"}
+    assert meta["evaluation"]["train_seconds"] > 0
+    stages = [e.stage for e in events]
+    assert stages.index("dfc") < stages.index("gcm") < stages.index("crf") < stages.index("segmenter-2")
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "weights.safetensors"]
+
+    detector = Detector.load(out, device="cpu")
+    images = [np.full((70, 130), 128, np.uint8), np.zeros((96, 96, 3), np.uint8)]
+    results = detector.predict(images)
+    assert [r.anomaly_map.shape for r in results] == [(70, 130), (96, 96)]
+    assert all(0.0 <= r.score <= 1.0 for r in results)
+    report = evaluate(detector, open_dataset(dataset))
+    assert report["image_ap"] > 0.8, report   # planted defects are obvious; the distilled score must see them
+    assert report["pixel_ap"] is not None and report["miou"] is not None
+
+
+def test_cancel_stops_training(dataset, tmp_path):
+    cancel = threading.Event()
+    seen = []
+
+    def progress(event):
+        seen.append(event.stage)
+        if event.stage == "dfc":
+            cancel.set()
+
+    with pytest.raises(TrainingCancelled):
+        trainer_for("cam")(open_dataset(dataset), TrainOptions(out=tmp_path / "m", epochs=2, extra=FAST,
+                                                               cancel=cancel), progress)
+    assert "segmenter-1" not in seen and not (tmp_path / "m").exists()
+
+
+def test_bad_requests_are_refused_clearly(dataset, tmp_path):
+    train = trainer_for("cam")
+    with pytest.raises(TrainingError, match="unsupervised"):
+        train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", supervision="unsupervised"), print)
+    with pytest.raises(TrainingError, match="unknown cam training options"):
+        train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra={"nope": 1}), print)
+
+
+def test_keep_stages_writes_beside_the_package(dataset, tmp_path):
+    """The ablation's inputs (benchmarks/cam_ablation.py) live beside the package, never inside it."""
+    out = trainer_for("cam")(open_dataset(dataset), TrainOptions(
+        out=tmp_path / "m", epochs=1, extra={**FAST, "keep_stages": True, "gcm_rounds": 1}), lambda e: None)
+    stages = Path(str(out) + ".stages")
+    names = sorted(p.name for p in stages.iterdir())
+    assert names == ["config.json", "head_cam.safetensors", "head_cam_long.safetensors", "head_clm.safetensors",
+                     "head_gcm.safetensors", "seg1"]
+    assert json.loads((stages / "config.json").read_text())["training"]["input_size"] == 96
+    assert Detector.load(stages / "seg1", device="cpu").family == "cam"
