@@ -226,13 +226,16 @@ def test_a_camera_that_does_not_come_back_ends_in_error():
 
 
 @needs_viky
-def test_start_stop_close_leaks_no_threads():
+def test_start_stop_close_leaks_no_buffers_or_threads():
     before = threading.active_count()
     for _ in range(3):
-        source = open_source(f"genicam:{VIKY}", pixel_format="Mono8")
-        source.start()
-        assert source.fetch(2.0) is not None
-        source.stop()
+        # 3 buffers only: a buffer not handed back would stall the stream within 3 frames
+        source = open_source(f"genicam:{VIKY}", pixel_format="Mono8", num_buffers=3, frame_rate=200)
+        for _ in range(2):
+            source.start()
+            frames = [source.fetch(2.0) for _ in range(12)]
+            assert all(f is not None for f in frames)
+            source.stop()
         source.close()
     time.sleep(0.2)
     assert threading.active_count() <= before
@@ -340,3 +343,25 @@ def test_synthetic_source_paces_and_counts():
     # frames own their pixels: modifying one does not change the pool
     frames[0].image[:] = 0
     assert source._images[int(source._order[0])].any()
+
+
+def test_source_from_settings(tmp_path, image_folder):
+    from core.acquisition import source_from_settings
+    from core.settings import CameraSettings
+
+    source = source_from_settings(CameraSettings(source=f"folder:{image_folder}", frame_rate=20.0))
+    assert isinstance(source, FolderSource) and source.loop and source.live
+    source.close()
+    source = source_from_settings(CameraSettings(source="synthetic", frame_rate=5.0))
+    assert isinstance(source, SyntheticSource)
+    source.close()
+    if VIKY is not None:
+        camera = source_from_settings(CameraSettings(source=f"genicam:{VIKY}", device="2", pixel_format="Mono8",
+                                                     roi=[0, 0, 256, 128], frame_rate=50.0))
+        try:
+            assert camera.camera_id == "2" and camera.feature_report["Width"] == "set to 256"
+            camera.start()
+            frame = camera.fetch(2.0)
+            assert frame is not None and frame.image.shape == (128, 256)
+        finally:
+            camera.close()

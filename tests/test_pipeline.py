@@ -289,3 +289,31 @@ def test_process_killed_mid_run_leaves_a_consistent_database(tmp_path):
         seqs = sorted(r.frame_seq for r in db.list_inspections(limit=10_000))
         assert len(seqs) == len(set(seqs)) == count  # no duplicate or half-written rows
         assert all(r.image_path for r in db.list_inspections(limit=50))  # ok_sampling=1: every image kept
+
+
+def test_ok_sampling_accepts_a_count_or_a_fraction():
+    assert PipelineConfig(ok_sampling=100).ok_every == 100
+    assert PipelineConfig(ok_sampling=0.1).ok_every == 10  # the settings file's fraction
+    assert PipelineConfig(ok_sampling=1).ok_every == 1
+    assert PipelineConfig(ok_sampling=0).ok_every == 0
+    with pytest.raises(ValueError, match="ok_sampling"):
+        PipelineConfig(ok_sampling=-1)
+
+
+def test_run_headless_with_a_real_model_package(tmp_path):
+    """End to end with core.inference.detector.Detector on a baseline package trained here (seconds)."""
+    from core.data.dataset import open_dataset
+    from core.data.synthetic import write_synthetic_dataset
+    from core.training.api import TrainOptions, trainer_for
+
+    dataset = open_dataset(write_synthetic_dataset(tmp_path / "ds", train_good=20, train_defect=4, test_good=4,
+                                                   test_defect=4), require_test=False)
+    model = trainer_for("baseline")(dataset, TrainOptions(out=tmp_path / "model", device="cpu"), lambda event: None)
+    stats = run_headless("synthetic", model, None, tmp_path / "data", frames=30, ok_sampling=10, device="cpu",
+                         source_options={"rate_hz": 200, "size": (128, 128), "defect_fraction": 0.25})
+    assert stats["frames_in"] == 30 and stats["balanced"]
+    assert stats["database_rows"] == stats["stored"] and stats["stored"] + stats["dropped_total"] == 30
+    assert stats["model_id"] is not None
+    with open_database(None, tmp_path / "data") as db:
+        assert {r.model_id for r in db.list_inspections(limit=100)} == {stats["model_id"]}
+        assert db.get_model(stats["model_id"]).family == "baseline"
