@@ -3,6 +3,7 @@
 Two runs, one JSON object:
   line:   the real path: synthetic camera (as fast as it goes) -> pipeline (baseline model, SQLite writer)
           -> LiveView polling the latest-result slot; until ``--frames`` frames were inferred.
+  line_paced: the same with the camera at ``--paced-rate`` frames/s (a real line), ``--paced-frames`` frames.
   render: every one of ``--frames`` results drawn by LiveView.show_frame back to back from the event loop
           (image + heat map + contour + banner + strip), i.e. the cost of drawing, with nothing skipped.
   review: optional (--review-rows N): N inspections in the database, the Review screen opened and scrolled
@@ -98,9 +99,10 @@ def build(tmp: Path, frames: int):
     return window, context
 
 
-def run_line(app, window, context, frames: int) -> dict:
+def run_line(app, window, context, frames: int, rate_hz: float = 1000.0) -> dict:
     heartbeat = Heartbeat()
     live = window.live
+    context.settings.camera.frame_rate = rate_hz
     context.line.start()
     wait(app, lambda: context.line.running, 60)
     shown0 = live.frames_shown
@@ -113,7 +115,7 @@ def run_line(app, window, context, frames: int) -> dict:
     context.line.stop()
     wait(app, lambda: not context.line.running and not context.line.busy, 60)
     shown = live.frames_shown - shown0
-    return {"frames_inferred": stats.get("inferred"), "frames_in": stats.get("frames_in"),
+    return {"camera_rate_hz": rate_hz, "frames_inferred": stats.get("inferred"), "frames_in": stats.get("frames_in"),
             "dropped": stats.get("dropped"), "seconds": round(elapsed, 2),
             "pipeline_fps": round(stats.get("inferred", 0) / elapsed, 1), "frames_displayed": shown,
             "display_fps": round(shown / elapsed, 1), "display_poll_hz": round(1000 / live.frame_timer.interval(), 1),
@@ -219,6 +221,8 @@ def run_review(app, window, context, rows: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--paced-rate", type=float, default=30.0)
+    parser.add_argument("--paced-frames", type=int, default=600)
     parser.add_argument("--review-rows", type=int, default=0, help="also measure the Review screen with N rows")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args(argv)
@@ -235,7 +239,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         window, context = build(Path(tmp), args.frames)
         result = {"platform": os.environ.get("QT_QPA_PLATFORM", ""), "cpu_count": os.cpu_count(),
+                  "load_average_1min_at_start": round(os.getloadavg()[0], 2),
                   "line": run_line(app, window, context, args.frames),
+                  "line_paced": run_line(app, window, context, args.paced_frames, args.paced_rate),
                   "render": run_render(app, window, args.frames)}
         if args.review_rows:
             result["review"] = run_review(app, window, context, args.review_rows)

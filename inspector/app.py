@@ -23,7 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true", help="complete demo: synthetic camera, demo model, demo users")
     parser.add_argument("--data-dir", help="data directory (database, images, models, settings)")
     parser.add_argument("--settings", help="settings file (default: <data dir>/settings.json)")
-    parser.add_argument("--no-autostart", action="store_true", help="demo: do not start the line by itself")
+    parser.add_argument("--source", help="frame source for this session (synthetic | folder:DIR | genicam[:CTI[#SERIAL]]);"
+                                         " the line starts after log-in")
+    parser.add_argument("--model", help="model package to run in this session (registered, not made active)")
+    parser.add_argument("--db", help="database URL for this session (default: the settings' URL or SQLite)")
+    parser.add_argument("--no-autostart", action="store_true", help="do not start the line by itself")
     return parser
 
 
@@ -129,12 +133,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if settings.storage.data_dir and not args.data_dir and not args.demo:
         data_dir = Path(settings.storage.data_dir).expanduser()
+    if args.source:  # for this session only; the settings file is not changed
+        settings.camera.source = args.source
+        try:
+            settings.validate()
+        except SettingsError as exc:
+            QMessageBox.critical(None, "Source", f"--source cannot be used: {exc}")
+            return 2
     try:
-        db = open_database(settings.storage.database_url or None, data_dir)
+        db = open_database(args.db or settings.storage.database_url or None, data_dir)
     except Exception as exc:
         log.exception("database open failed")
         QMessageBox.critical(None, "Database", f"The station database could not be opened: {exc}")
         return 1
+    session_model = None
+    if args.model:
+        try:
+            from core.inference.package import read_meta
+
+            model_path = Path(args.model).expanduser().resolve()
+            session_model = (model_path, db.register_model(model_path, read_meta(model_path)))
+        except Exception as exc:
+            log.exception("model package refused")
+            QMessageBox.critical(None, "Model", f"The model package cannot be used: {exc}")
+            db.close()
+            return 2
 
     context = AppContext(settings, settings_path, data_dir, db, demo=demo)
     install_excepthook(context)
@@ -151,12 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         user = login.user
     window = MainWindow(context)
+    if session_model is not None:
+        context.line.session_model = session_model
     context.set_user(user)
     window.show()
     if demo is not None:
         context.tell("Demo: synthetic camera with planted defects. Tag images on Review, retrain on Models.")
-        if not args.no_autostart and context.may("start_stop"):
-            context.line.start()
+    if (demo is not None or args.source) and not args.no_autostart and context.may("start_stop"):
+        context.line.start()
     code = app.exec()
     db.close()
     return int(code)

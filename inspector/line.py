@@ -47,6 +47,7 @@ class LineController(QObject):
         self.pipeline = None
         self.detector = None
         self.model_id: int | None = None
+        self.session_model: tuple[Path, int] | None = None  # (package, id) from `inspector run --model`
         self.busy = False
         context.settings_changed.connect(self._settings_changed)
 
@@ -70,7 +71,11 @@ class LineController(QObject):
 
         def work():
             if self.detector is None:
-                self.detector, self.model_id = load_active_detector(db, settings.model.device)
+                if self.session_model is not None:
+                    path, model_id = self.session_model
+                    self.detector, self.model_id = _load_detector(path, settings.model.device), model_id
+                else:
+                    self.detector, self.model_id = load_active_detector(db, settings.model.device)
                 apply_threshold_override(self.detector, settings)
             return build_pipeline(settings, db, self.detector, self.model_id)
 
@@ -125,6 +130,7 @@ class LineController(QObject):
 
         def done(detector) -> None:
             self.detector, self.model_id = detector, model_id
+            self.session_model = None  # a promotion or roll back replaces the session's model
             if self.pipeline is not None:
                 swap_detector(self.pipeline, detector, model_id)
             self._set_busy(False)

@@ -205,6 +205,7 @@ class LiveView(QWidget):
         self.line = context.line
         self.frames_shown = 0
         self._last_seq: int | None = None
+        self._last_state = "stopped"
 
         self.image_view = ImageOverlayView()
         self.image_view.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -307,6 +308,7 @@ class LiveView(QWidget):
         if not self.line.running:
             self.banner.clear("STOPPED" if not self.line.busy else "…")
             self._last_seq = None
+            self._last_state = "stopped"
             self._set_state("stopped", "starting…" if self.line.busy else "")
 
     def _overlay_toggled(self, on: bool) -> None:
@@ -350,7 +352,17 @@ class LiveView(QWidget):
         counts = get("verdicts", {}) or {}
         self.stat_labels["counts"].setText(f"{counts.get('OK', 0)} / {counts.get('NG', 0)} / {counts.get('REVIEW', 0)}")
         state = str(get("source_state", "streaming"))
-        self._set_state(state, str(get("source_reason", "") or ""))
+        reason = str(get("source_reason", "") or "")
+        self._set_state(state, reason)
+        if state != self._last_state:  # say camera trouble once, in plain words, where the operator looks
+            if state == "reconnecting":
+                self.context.report(f"Camera lost ({reason or 'no frames'}); reconnecting by itself…")
+            elif state == "error":
+                self.context.report(f"Camera error: {reason or 'unknown'}. Check the camera and its cable, "
+                                    "then stop and start the line.")
+            elif state == "streaming" and self._last_state == "reconnecting":
+                self.context.tell("Camera reconnected; the line is running again.")
+            self._last_state = state
 
     def _set_state(self, state: str, reason: str) -> None:
         self.state_label.setText(state + (f": {reason}" if reason else ""))

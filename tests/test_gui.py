@@ -210,11 +210,16 @@ def test_review_mask_brush_stores_a_mask(app_window, qtbot):
     view = review.model.view_at(0)
     qtbot.waitUntil(lambda: review.image_view.mask_item.image is not None, timeout=WAIT)
     review.brush_box.setChecked(True)
-    review.image_view.mask_item.image[10:20, 30:40] = 1.0  # what a drag with the brush leaves behind
+    review.brush_size.setValue(4)
+    from PySide6.QtCore import QPointF
+
+    for x in range(30, 41):  # the points a left-drag along row 15 hands to the brush
+        review.image_view.mask_item.drawAt(QPointF(x + 0.5, 15.5))
     qtbot.mouseClick(review.save_mask, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: context.db.load_label_mask(view.id) is not None, timeout=WAIT)
     mask = context.db.load_label_mask(view.id)
-    assert mask[10:20, 30:40].all() and mask.sum() == 100
+    assert mask[11:20, 30:41].all()             # a 9-pixel-high stroke from x=30 to x=40 around row 15
+    assert not mask[:10].any() and not mask[21:].any() and not mask[:, :25].any()
     assert context.db.get_inspection(view.id).label == "NG"
 
 

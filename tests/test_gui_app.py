@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import re  # noqa: E402
+from pathlib import Path  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
@@ -117,5 +118,54 @@ def test_new_station_creates_the_first_administrator(tmp_path, qapp):
     db = open_database(None, tmp_path / "station")
     try:
         assert db.authenticate("admin", "s3cret-pass") is not None
+    finally:
+        db.close()
+
+
+def test_run_with_source_and_model_streams_that_model(tmp_path, qapp):
+    """`inspector run --source folder:DIR --model PKG` (the CLI hands these to the GUI): the line starts after
+    log-in with that package, which is registered but not made active."""
+    from core.data.dataset import open_dataset
+    from core.data.synthetic import write_synthetic_dataset
+    from core.training.api import TrainOptions, trainer_for
+
+    dataset = write_synthetic_dataset(tmp_path / "ds", train_good=8, train_defect=2, test_good=4, test_defect=4,
+                                      size=(64, 64), seed=5)
+    package = trainer_for("baseline")(open_dataset(dataset), TrainOptions(out=tmp_path / "pkg", device="cpu"),
+                                      lambda _e: None)
+    data = tmp_path / "station"
+    db = open_database(None, data)
+    db.create_user("olga", "olga-pass", "operator")
+    db.close()
+    seen: dict = {}
+    started = time.monotonic()
+
+    def drive() -> None:
+        for widget in QApplication.topLevelWidgets():
+            if isinstance(widget, LoginDialog) and widget.isVisible() and widget.ok_button.isEnabled():
+                widget.name.setText("olga")
+                widget.password.setText("olga-pass")
+                widget.try_login()
+            if isinstance(widget, MainWindow) and widget.isVisible() and widget.live.frames_shown >= 3:
+                seen["model_id"] = widget.context.line.model_id
+                widget.close()
+        if time.monotonic() - started > 90:
+            for widget in QApplication.topLevelWidgets():
+                widget.close()
+
+    timer = QTimer()
+    timer.timeout.connect(drive)
+    timer.start(100)
+    try:
+        code = inspector_app.main(["--data-dir", str(data), "--source", f"folder:{dataset / 'test' / 'defect'}",
+                                   "--model", str(package)])
+    finally:
+        timer.stop()
+    assert code == 0 and seen.get("model_id") is not None
+    db = open_database(None, data)
+    try:
+        model = db.get_model(seen["model_id"])
+        assert Path(model.package_path) == Path(package).resolve() and not model.is_active
+        assert db.count_inspections(model_id=model.id) >= 3
     finally:
         db.close()
