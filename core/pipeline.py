@@ -182,7 +182,7 @@ class Pipeline:
             return self._final
         deadline = time.monotonic() + timeout_s
         self._stop_acquiring.set()
-        self._threads[0].join(max(0.1, deadline - time.monotonic()))
+        self._threads[0].join()  # bounded: one fetch_timeout_s (plus a reconnect attempt in progress)
         if not drain:
             self._abort_inference.set()
         with self._cond:
@@ -193,6 +193,10 @@ class Pipeline:
             with self._cond:
                 self._cond.notify_all()
             self._inference_thread.join()
+        with self._cond:  # anything the worker did not take (it stopped early) is counted, not forgotten
+            leftover = len(self._frames)
+            self._frames.clear()
+        self._stats.drop("shutdown", leftover)
         self._records.put(None)  # sentinel after the last record
         self._writer_thread.join()
         for thread in self._threads:
@@ -256,6 +260,9 @@ class Pipeline:
                     if not drop:
                         while len(self._frames) >= cfg.queue_size and not self._stop_acquiring.is_set():
                             self._cond.wait(0.1)
+                        if len(self._frames) >= cfg.queue_size:  # stopped while waiting for room
+                            self._stats.drop("shutdown")
+                            break
                     if len(self._frames) >= cfg.queue_size:
                         self._frames.popleft()
                         self._stats.drop("dropped_queue_full")

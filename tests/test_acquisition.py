@@ -365,3 +365,20 @@ def test_source_from_settings(tmp_path, image_folder):
             assert frame is not None and frame.image.shape == (128, 256)
         finally:
             camera.close()
+
+
+@needs_viky
+def test_frames_the_camera_numbered_but_never_delivered_are_counted_lost():
+    # 3 buffers at 200 frames/s, collected every 50 ms: the producer must skip frames, and its frame ids show it
+    source = open_source(f"genicam:{VIKY}", pixel_format="Mono8", num_buffers=3, frame_rate=200)
+    try:
+        source.start()
+        frames = []
+        for _ in range(8):
+            time.sleep(0.05)
+            frames.append(source.fetch(2.0))
+        ids = [f.camera_frame_id for f in frames]
+        gaps = sum(b - a - 1 for a, b in zip(ids, ids[1:]))
+        assert gaps > 0 and source.counters.lost == gaps
+    finally:
+        source.close()
