@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -307,6 +307,7 @@ def apply_config(node_map: Any, config: CameraConfig) -> dict[str, str]:
 
 
 def _is_timeout(exc: BaseException) -> bool:
+    # genicam.gentl.TimeoutException; matched by name so this module imports without the genicam wheel
     return type(exc).__name__ == "TimeoutException"
 
 
@@ -594,7 +595,3 @@ def _destroy_quietly(acquirer: Any) -> None:
             except Exception as exc:
                 log.debug("ignored while releasing a lost camera (%s): %s", name, exc)
 
-
-def config_replace(config: CameraConfig, **changes: Any) -> CameraConfig:
-    """A copy of ``config`` with ``changes`` (convenience for the GUI's settings dialog)."""
-    return replace(config, **changes)
