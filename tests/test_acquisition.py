@@ -382,3 +382,20 @@ def test_frames_the_camera_numbered_but_never_delivered_are_counted_lost():
         assert gaps > 0 and source.counters.lost == gaps
     finally:
         source.close()
+
+
+@needs_viky
+def test_a_stalled_free_running_camera_is_treated_as_lost():
+    # free-running at 3 frames/s with a 0.2 s stall limit: the silence after a frame trips the watchdog
+    source = open_source(f"genicam:{VIKY}", pixel_format="Mono8", frame_rate=3.0, stall_timeout_s=0.2,
+                         backoff_s=(0.05, 0.1))
+    try:
+        source.start()
+        assert source.fetch(2.0) is not None
+        deadline = time.monotonic() + 3.0
+        while source.counters.reconnects == 0 and time.monotonic() < deadline:
+            source.fetch(0.1)
+        assert source.counters.reconnects >= 1 and source.counters.timeouts >= 3
+        assert source.state == SourceState.STREAMING
+    finally:
+        source.close()
