@@ -6,6 +6,7 @@ Two runs, one JSON object:
   line_paced: the same with the camera at ``--paced-rate`` frames/s (a real line), ``--paced-frames`` frames.
   render: every one of ``--frames`` results drawn by LiveView.show_frame back to back from the event loop
           (image + heat map + contour + banner + strip), i.e. the cost of drawing, with nothing skipped.
+  line_training: the paced line while a retrain (``--train-family``) runs in its child process.
   review: optional (--review-rows N): N inspections in the database, the Review screen opened and scrolled
           to the end while the stall is measured (the table is paged and loaded in a worker).
 A heartbeat QTimer (every 5 ms) records the gaps between its ticks; the longest gap minus the interval is
@@ -122,6 +123,30 @@ def run_line(app, window, context, frames: int, rate_hz: float = 1000.0) -> dict
             **stall}
 
 
+def run_line_while_training(app, window, context, tmp: Path, frames: int, rate_hz: float, family: str) -> dict:
+    """The paced line while a retrain runs in its child process, polled from a main-thread timer (as the
+    Models screen does)."""
+    from PySide6.QtCore import QTimer
+
+    from core.training.jobs import JobSpec, TrainingJob
+
+    job = TrainingJob(JobSpec(dataset=tmp / "dataset", family=family, out=tmp / f"retrained-{family}",
+                              supervision="weak" if family != "baseline" else "unsupervised",
+                              epochs=1 if family != "baseline" else None, device="cpu"))
+    events = {"n": 0}
+    poller = QTimer()
+    poller.setInterval(150)
+    poller.timeout.connect(lambda: events.__setitem__("n", events["n"] + len(job.poll())))
+    job.start()
+    poller.start()
+    result = run_line(app, window, context, frames, rate_hz)
+    training_running_at_end = not job.finished
+    job.wait(timeout=600)
+    poller.stop()
+    return {**result, "training_family": family, "training_state": job.state.value,
+            "training_messages": events["n"], "training_still_running_when_line_stopped": training_running_at_end}
+
+
 def run_render(app, window, frames: int) -> dict:
     """Draw ``frames`` distinct results back to back through LiveView.show_frame from the event loop."""
     from PySide6.QtCore import QTimer
@@ -223,6 +248,8 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--paced-rate", type=float, default=30.0)
     parser.add_argument("--paced-frames", type=int, default=600)
+    parser.add_argument("--train-family", default="supersimplenet",
+                        help="family retrained during the 'line_training' run ('' to skip that run)")
     parser.add_argument("--review-rows", type=int, default=0, help="also measure the Review screen with N rows")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args(argv)
@@ -243,6 +270,9 @@ def main(argv=None) -> int:
                   "line": run_line(app, window, context, args.frames),
                   "line_paced": run_line(app, window, context, args.paced_frames, args.paced_rate),
                   "render": run_render(app, window, args.frames)}
+        if args.train_family:
+            result["line_training"] = run_line_while_training(app, window, context, Path(tmp), args.paced_frames,
+                                                              args.paced_rate, args.train_family)
         if args.review_rows:
             result["review"] = run_review(app, window, context, args.review_rows)
         window.close()

@@ -34,9 +34,21 @@ class DemoSetup:
     trained: bool  # True when this call trained the model (first start)
 
 
+DEMO_TRAINING = {  # family -> (supervision, epochs); short runs: the demo must show verdicts soon
+    "baseline": ("unsupervised", None),
+    "supersimplenet": ("weak", 4),
+    "cam": ("weak", 2),
+}
+
+
 def prepare_demo(data_dir: str | Path, progress: Callable[[ProgressEvent], None] | None = None,
                  family: str = "baseline") -> DemoSetup:
-    """Create (or find) the demo's data directory, settings, database users and active model."""
+    """Create (or find) the demo's data directory, settings, database users and active model.
+
+    family: the demo model's family; "baseline" trains in seconds on a CPU, "supersimplenet" (weakly
+    supervised, a few epochs on the synthetic images) takes minutes there and is the better model."""
+    if family not in DEMO_TRAINING:
+        raise ValueError(f"demo family must be one of {', '.join(DEMO_TRAINING)}, not {family!r}")
     from core.data.dataset import open_dataset
     from core.data.synthetic import write_synthetic_dataset
     from core.inference.package import read_meta
@@ -81,9 +93,10 @@ def prepare_demo(data_dir: str | Path, progress: Callable[[ProgressEvent], None]
         def scaled(event: ProgressEvent) -> None:  # training is 10..95 % of the demo set-up
             report(ProgressEvent(event.stage, 0.1 + 0.85 * event.fraction, event.message, event.eta_s, event.metrics))
 
-        report(ProgressEvent("train", 0.1, f"training the demo model ({family})"))
-        path = Path(trainer_for(family)(dataset, TrainOptions(out=model_dir, supervision="unsupervised",
-                                                              device="cpu"), scaled))
+        supervision, epochs = DEMO_TRAINING[family]
+        report(ProgressEvent("train", 0.1, f"training the demo model ({family}, {supervision})"))
+        path = Path(trainer_for(family)(dataset, TrainOptions(out=model_dir, supervision=supervision, epochs=epochs,
+                                                              device="auto"), scaled))
         report(ProgressEvent("evaluate", 0.95, "evaluating the demo model"))
         _evaluate_into_meta(path, dataset)
         engineer = db.authenticate(DEMO_USERS[0][0], DEMO_USERS[0][1])
@@ -102,7 +115,7 @@ def _evaluate_into_meta(path: Path, dataset) -> None:
         from core.inference.detector import Detector
         from core.inference.package import read_meta, write_meta
 
-        figures = evaluate(Detector.load(path, device="cpu"), dataset)
+        figures = evaluate(Detector.load(path, device="auto"), dataset)
         meta = read_meta(path)
         meta["evaluation"] = {k: v for k, v in figures.items() if isinstance(v, (int, float, str)) or v is None}
         write_meta(path, meta)

@@ -21,6 +21,8 @@ log = logging.getLogger("inspector")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inspector", description="Line-side inspection station (GUI).")
     parser.add_argument("--demo", action="store_true", help="complete demo: synthetic camera, demo model, demo users")
+    parser.add_argument("--demo-family", default="baseline", choices=("baseline", "supersimplenet", "cam"),
+                        help="demo: family of the demo model trained on first start (baseline: seconds on a CPU)")
     parser.add_argument("--data-dir", help="data directory (database, images, models, settings)")
     parser.add_argument("--settings", help="settings file (default: <data dir>/settings.json)")
     parser.add_argument("--source", help="frame source for this session (synthetic | folder:DIR | genicam[:CTI[#SERIAL]]);"
@@ -55,7 +57,7 @@ def install_excepthook(context) -> None:
     sys.excepthook = hook
 
 
-def run_demo_setup(app, data_dir: Path):
+def run_demo_setup(app, data_dir: Path, family: str = "baseline"):
     """prepare_demo in a worker thread while a progress dialog shows its progress; returns DemoSetup or raises."""
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QProgressDialog
@@ -66,7 +68,7 @@ def run_demo_setup(app, data_dir: Path):
 
     def work() -> None:
         try:
-            state["result"] = prepare_demo(data_dir, progress=lambda e: state.__setitem__("event", e))
+            state["result"] = prepare_demo(data_dir, progress=lambda e: state.__setitem__("event", e), family=family)
         except BaseException as exc:  # shown to the user below
             log.exception("demo set-up failed")
             state["error"] = exc
@@ -120,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = None
     if args.demo:
         try:
-            setup = run_demo_setup(app, data_dir)
+            setup = run_demo_setup(app, data_dir, args.demo_family)
         except Exception as exc:
             QMessageBox.critical(None, "Demo", f"The demo could not be prepared: {exc}\n\nDetails: {data_dir / 'inspector.log'}")
             return 1

@@ -36,11 +36,12 @@ HEAT_LUT = _heat_lut()
 
 
 def heat_lut_rgba(opacity: float) -> np.ndarray:
-    """(256, 4) uint8: colour plus alpha that ramps from 0 at index 64 (half the pixel threshold) to
-    ``opacity`` at index 128 (the threshold) and above."""
+    """(256, 4) uint8: colour plus alpha. Transparent below index 128 (the pixel threshold), so only what the
+    model calls defective is tinted; from half of ``opacity`` at the threshold to full at twice it."""
     lut = np.empty((256, 4), np.uint8)
     lut[:, :3] = HEAT_LUT
-    ramp = np.clip((np.arange(256, dtype=np.float32) - 64.0) / 64.0, 0.0, 1.0)
+    index = np.arange(256, dtype=np.float32)
+    ramp = np.where(index < 128, 0.0, 0.5 + 0.5 * (index - 128.0) / 127.0)
     lut[:, 3] = (ramp * (255 * opacity)).astype(np.uint8)
     return lut
 
