@@ -395,7 +395,7 @@ def test_a_stalled_free_running_camera_is_treated_as_lost():
         deadline = time.monotonic() + 3.0
         while source.counters.reconnects == 0 and time.monotonic() < deadline:
             source.fetch(0.1)
-        assert source.counters.reconnects >= 1 and source.counters.timeouts >= 3
+        assert source.counters.reconnects >= 1 and source.counters.timeouts >= 2
         assert source.state == SourceState.STREAMING
     finally:
         source.close()
