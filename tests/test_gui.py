@@ -380,3 +380,21 @@ def test_qt_binding_does_not_leak_references_to_none(qapp):
     for _ in range(5000):
         label.setText("a")
     assert abs(sys.getrefcount(None) - before) < 100, "this PySide6 build leaks references to None (use < 6.12)"
+
+
+def test_errors_reach_the_user_in_plain_words(qtbot):
+    import errno
+
+    from core.storage import PermissionDenied as Denied
+
+    assert workers.plain_error(OSError(errno.ENOSPC, "No space left on device")).startswith("The disk is full")
+    assert workers.plain_error(Denied("user 'otto' (operator) may not retrain")).startswith("Not allowed:")
+    assert workers.plain_error(ValueError("")) == "ValueError"
+    got: list[str] = []
+
+    def boom():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    workers.submit(boom, on_error=got.append)
+    qtbot.waitUntil(lambda: bool(got), timeout=WAIT)
+    assert got[0].startswith("The disk is full")
