@@ -158,6 +158,19 @@ class UsersPage(QWidget):
         self.users.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.users.verticalHeader().setVisible(False)
         self.users.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.users.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.users.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.user_list: list = []
+        self.change_role = QComboBox()
+        self.change_role.addItems(list(ROLES))
+        self.role_button = QPushButton("Set role")
+        self.role_button.clicked.connect(lambda: self.update_selected(role=self.change_role.currentText()))
+        self.active_button = QPushButton("Disable / enable")
+        self.active_button.clicked.connect(self.toggle_selected)
+        change_row = QHBoxLayout()
+        change_row.addWidget(self.change_role)
+        change_row.addWidget(self.role_button)
+        change_row.addWidget(self.active_button)
         rights = QLabel("<br>".join(f"<b>{role}</b>: {', '.join(sorted(a.replace('_', ' ') for a in actions))}"
                                     for role, actions in ROLE_PERMISSIONS.items()))
         rights.setTextFormat(Qt.TextFormat.RichText)
@@ -178,6 +191,7 @@ class UsersPage(QWidget):
         users_group = QGroupBox("Users")
         users_layout = QVBoxLayout(users_group)
         users_layout.addWidget(self.users, 1)
+        users_layout.addLayout(change_row)
         users_layout.addWidget(rights)
         users_layout.addLayout(add_form)
 
@@ -220,7 +234,8 @@ class UsersPage(QWidget):
 
     def _update_rights(self) -> None:
         may = self.context.may("manage_users")
-        for widget in (self.new_name, self.new_password, self.new_role, self.add_button):
+        for widget in (self.new_name, self.new_password, self.new_role, self.add_button, self.change_role,
+                       self.role_button, self.active_button):
             widget.setEnabled(may)
 
     def refresh(self) -> None:
@@ -230,6 +245,7 @@ class UsersPage(QWidget):
         self.load_audit(self.audit_offset)
 
     def _users_arrived(self, users) -> None:
+        self.user_list = list(users)
         self.users.setRowCount(len(users))
         for row, user in enumerate(users):
             for column, value in enumerate((user.name, user.role, "yes" if user.active else "no")):
@@ -258,6 +274,31 @@ class UsersPage(QWidget):
         self.page_label.setText(f"entries {offset + 1 if entries else 0}–{last} of {total}")
         self.newer.setEnabled(offset > 0)
         self.older.setEnabled(last < total)
+
+    def selected_user(self):
+        rows = self.users.selectionModel().selectedRows()
+        return self.user_list[rows[0].row()] if rows and rows[0].row() < len(self.user_list) else None
+
+    def toggle_selected(self) -> None:
+        user = self.selected_user()
+        if user is not None:
+            self.update_selected(active=not user.active)
+
+    def update_selected(self, **changes) -> None:
+        """Change the selected user's role or active flag (admins; the database keeps one active admin)."""
+        user = self.selected_user()
+        if user is None:
+            self.context.report("Select a user in the table first.")
+            return
+        if not self.context.require("manage_users"):
+            return
+        db, by = self.context.db, self.context.user
+        workers.submit(lambda: db.update_user(user.id, by=by, **changes), self._user_changed,
+                       lambda m: self.context.report(f"The user was not changed: {m}"), "update-user")
+
+    def _user_changed(self, user) -> None:
+        self.context.tell(f"User {user.name}: role {user.role}, {'active' if user.active else 'disabled'}.")
+        self.refresh()
 
     def add_user(self) -> None:
         if not self.context.require("manage_users"):

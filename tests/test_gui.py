@@ -398,3 +398,28 @@ def test_errors_reach_the_user_in_plain_words(qtbot):
     workers.submit(boom, on_error=got.append)
     qtbot.waitUntil(lambda: bool(got), timeout=WAIT)
     assert got[0].startswith("The disk is full")
+
+
+def test_admin_adds_a_user_and_changes_a_role(app_window, qtbot, station):
+    window, context = app_window
+    db = context.db
+    db.create_user("ada", "ada-secret", "admin")
+    window.login("ada", "ada-secret")
+    page = window.show_page("users")
+    page.new_name.setText("nina")
+    page.new_password.setText("nina-secret")
+    page.new_role.setCurrentText("operator")
+    qtbot.mouseClick(page.add_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: any(u.name == "nina" for u in page.user_list), timeout=WAIT)
+    page.users.selectRow([u.name for u in page.user_list].index("nina"))
+    page.change_role.setCurrentText("engineer")
+    qtbot.mouseClick(page.role_button, Qt.MouseButton.LeftButton)
+    role_of = lambda name: next(u for u in db.list_users() if u.name == name)  # noqa: E731
+    qtbot.waitUntil(lambda: role_of("nina").role == "engineer", timeout=WAIT)
+    page.users.selectRow([u.name for u in page.user_list].index("nina"))
+    qtbot.mouseClick(page.active_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not role_of("nina").active, timeout=WAIT)
+    assert db.authenticate("nina", "nina-secret") is None  # a disabled user cannot log in
+    qtbot.waitUntil(lambda: page.audit.rowCount() > 0 and page.audit.item(0, 0) is not None, timeout=WAIT)
+    window.login("otto", "otto-secret")
+    assert not page.add_button.isEnabled() and not page.role_button.isEnabled()
