@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
@@ -53,6 +54,8 @@ class ModelPage(QWidget):
         self.job: TrainingJob | None = None
         self.run_id: int | None = None
         self.new_model_id: int | None = None
+        self.compare_figures: dict | None = None  # the active model on the same held-back images
+        self.compare_model_id: int | None = None
         self._log_buffer: list[str] = []
         self._last_db_update = 0.0
 
@@ -192,12 +195,20 @@ class ModelPage(QWidget):
     def _fill_compare(self) -> None:
         active = self.active_model()
         new = next((m for m in self.models if m.id == self.new_model_id), None)
+        same_images = (new is not None and active is not None and self.compare_figures is not None
+                       and self.compare_model_id == active.id)
         for column, model in enumerate((active, new)):
             figures = (model.meta.get("evaluation", {}) or {}) if model else {}
+            if column == 0 and same_images:
+                figures = self.compare_figures
             for row, (key, _) in enumerate(FIGURES):
                 self.compare.setItem(row, column, QTableWidgetItem(_fmt(figures.get(key)) if model else "—"))
         self.compare.setHorizontalHeaderLabels([f"Active #{active.id}" if active else "Active",
                                                 f"New #{new.id}" if new else "New"])
+        if same_images:
+            self.compare_note.setText("Both models measured on the same held-back tagged images.")
+        elif new is not None:
+            self.compare_note.setText("Active model: the figures stored with it (its own test images).")
 
     def _update_buttons(self) -> None:
         training = self.job is not None and not self.job.finished
@@ -243,6 +254,10 @@ class ModelPage(QWidget):
         dataset_dir = self.context.data_dir / "exports" / stamp
         package_dir = self.context.data_dir / "models" / f"{family}-{stamp}"
         self.new_model_id = None
+        self.compare_figures = None
+        active = self.active_model()
+        self.compare_model_id = active.id if active else None
+        compare_with = Path(active.package_path) if active else None
         self.log_view.clear()
         self._fill_compare()
         self.progress.setValue(0)
@@ -267,7 +282,8 @@ class ModelPage(QWidget):
                              ", ".join(f"{k} {v}" for k, v in counts.items()))
             spec = JobSpec(dataset=dataset_dir, family=family, out=package_dir,
                            supervision=supervision,
-                           epochs=settings.model.retrain_epochs, device=settings.model.device)
+                           epochs=settings.model.retrain_epochs, device=settings.model.device,
+                           compare_with=compare_with if compare_with and compare_with.is_dir() else None)
             self.job = TrainingJob(spec)
             try:
                 self.job.start()
@@ -302,6 +318,8 @@ class ModelPage(QWidget):
                 self.eta_label.setText(_eta(event.eta_s))
             elif message.kind == "log":
                 self._append_log(message.text)
+            elif message.kind == "compare":
+                self.compare_figures = message.figures
         if time.monotonic() - self._last_db_update > 1.0 and self.job.last_event is not None and not self.job.finished:
             self._db_update(progress=min(1.0, self.job.last_event.fraction), stage=self.job.last_event.stage)
         if self.job.finished:

@@ -248,6 +248,9 @@ def test_retrain_promote_roll_back_and_calibrate(app_window, qtbot, station):
     assert state == "done", window.errors
     assert page.progress.value() == 1000
     assert "evaluation:" in page.log_view.toPlainText()
+    assert "active model on the same images" in page.log_view.toPlainText()
+    assert page.compare_figures and "image_auroc" in page.compare_figures  # same held-back images
+    qtbot.waitUntil(lambda: "same held-back" in page.compare_note.text(), timeout=WAIT)
     new = context.db.get_model(new_id)
     assert not new.is_active and "image_auroc" in new.meta["evaluation"]
     qtbot.waitUntil(lambda: context.db.list_training_runs(limit=1)[0].status == "succeeded", timeout=WAIT)

@@ -71,3 +71,19 @@ def test_poll_never_blocks_and_start_only_once(tiny_dataset, tmp_path):
         job.start()
     job.wait(timeout=60)
     assert job.state is JobState.DONE
+
+
+@pytest.mark.skipif(not HAVE_EVALUATION, reason="core.evaluation is not available in this build")
+def test_compare_with_evaluates_the_other_package_on_the_same_images_without_touching_it(tiny_dataset, tmp_path):
+    first = TrainingJob(JobSpec(dataset=tiny_dataset, family="baseline", out=tmp_path / "a", evaluate=False))
+    first.start()
+    assert first.wait(timeout=120) is JobState.DONE
+    before = (tmp_path / "a" / "model.json").read_bytes()
+    job = TrainingJob(JobSpec(dataset=tiny_dataset, family="baseline", out=tmp_path / "b", compare_with=tmp_path / "a"))
+    job.start()
+    messages = []
+    assert job.wait(timeout=120, on_message=messages.append) is JobState.DONE, job.error
+    assert job.compare_figures is not None and "image_auroc" in job.compare_figures
+    assert job.compare_figures["counts"]["images"] == 8  # the same 4 + 4 test images the new model saw
+    assert (tmp_path / "a" / "model.json").read_bytes() == before
+    assert any(m.kind == "compare" for m in messages)

@@ -6,6 +6,7 @@ registers or activates the model (promotion is the user's decision, made elsewhe
 
 Child -> parent messages on a multiprocessing queue (plain tuples, picklable under 'spawn'):
     ("progress", ProgressEvent fields as dict)   ("log", text)
+    ("compare", figures of JobSpec.compare_with on the same test split)
     ("done", package path as str)   ("error", text)   ("cancelled", text)
 """
 from __future__ import annotations
@@ -41,6 +42,8 @@ class JobSpec:
 
     evaluate: after training, evaluate the package on the dataset's test split (core.evaluation) and store
     the figures in its model.json, still inside the child.
+    compare_with: another package (the active model) to evaluate on the same test split, so the two can be
+    compared on the same images; its figures are reported (message "compare"), its package is not touched.
     """
 
     dataset: Path
@@ -53,13 +56,15 @@ class JobSpec:
     extra: dict = field(default_factory=dict)
     evaluate: bool = True
     threads: int | None = None  # torch CPU threads in the child; None = torch's default
+    compare_with: Path | None = None
 
 
 @dataclass
 class JobMessage:
-    kind: str                     # "progress" | "log" | "done" | "error" | "cancelled"
+    kind: str                     # "progress" | "log" | "compare" | "done" | "error" | "cancelled"
     event: ProgressEvent | None = None
     text: str = ""
+    figures: dict | None = None
 
 
 class TrainingJob:
@@ -75,6 +80,7 @@ class TrainingJob:
         self.result: Path | None = None
         self.error: str | None = None
         self.last_event: ProgressEvent | None = None
+        self.compare_figures: dict | None = None  # the compared package's figures on the same test split
         self._ctx = mp.get_context("spawn")  # never fork a process that may hold Qt/torch threads
         self._queue = self._ctx.Queue()
         self._cancel = self._ctx.Event()
@@ -167,6 +173,9 @@ class TrainingJob:
             event = ProgressEvent(**payload)
             self.last_event = event
             return JobMessage("progress", event=event, text=event.message)
+        if kind == "compare":
+            self.compare_figures = dict(payload)
+            return JobMessage("compare", figures=self.compare_figures)
         if kind == "done":
             self.state, self.result = JobState.DONE, Path(payload)
             return JobMessage("done", text=str(payload))
@@ -182,12 +191,14 @@ class TrainingJob:
 def _spec_to_dict(spec: JobSpec) -> dict:
     data = asdict(spec)
     data["dataset"], data["out"] = str(spec.dataset), str(spec.out)
+    data["compare_with"] = None if spec.compare_with is None else str(spec.compare_with)
     return data
 
 
 def _child_main(spec_data: dict, out_queue, cancel_event) -> None:
     """Entry point of the child process: train, evaluate, report. Every outcome ends with one final message."""
-    spec = JobSpec(**{**spec_data, "dataset": Path(spec_data["dataset"]), "out": Path(spec_data["out"])})
+    spec = JobSpec(**{**spec_data, "dataset": Path(spec_data["dataset"]), "out": Path(spec_data["out"]),
+                      "compare_with": Path(spec_data["compare_with"]) if spec_data.get("compare_with") else None})
 
     def send(kind: str, payload) -> None:
         out_queue.put((kind, payload))
@@ -228,8 +239,19 @@ def _child_main(spec_data: dict, out_queue, cancel_event) -> None:
         if spec.evaluate:
             send("progress", asdict(ProgressEvent("evaluate", share, "evaluating on the held-back images")))
             figures = _evaluate(path, dataset, spec.device)
-            send("log", "evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in figures.items()
-                                                     if isinstance(v, float)))
+            send("log", "evaluation: " + _brief(figures))
+            if spec.compare_with is not None:
+                options.check_cancel()
+                send("progress", asdict(ProgressEvent("compare", 0.95, "evaluating the active model on the same images")))
+                try:
+                    from core.evaluation import evaluate
+                    from core.inference.detector import Detector
+
+                    other = _json_safe(evaluate(Detector.load(spec.compare_with, device=spec.device), dataset))
+                    send("log", f"active model on the same images: {_brief(other)}")
+                    send("compare", other)
+                except Exception as exc:  # the new model is fine; only the comparison is missing
+                    send("log", f"the active model could not be evaluated for comparison: {exc}")
         send("progress", asdict(ProgressEvent("done", 1.0, f"model package written to {path}", 0.0)))
         send("done", str(path))
     except TrainingCancelled as exc:
@@ -251,6 +273,10 @@ def _evaluate(package_dir: Path, dataset, device: str) -> dict:
     meta["evaluation"] = {**meta.get("evaluation", {}), **_json_safe(figures)}
     write_meta(package_dir, meta)
     return figures
+
+
+def _brief(figures: dict) -> str:
+    return ", ".join(f"{k}={v:.3f}" for k, v in figures.items() if isinstance(v, float))
 
 
 def _json_safe(figures: dict) -> dict:
