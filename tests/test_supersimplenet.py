@@ -178,7 +178,7 @@ def test_unknown_masks_train_the_score_only():
     targets = GridTargets(known=torch.zeros(batch, dtype=torch.bool), label=torch.ones(batch), mask=zeros,
                           weight=zeros, block=zeros)
     loss, parts = training_step(net, torch.randn(batch, 152, *GRID), targets, torch.arange(batch),
-                                {**DEFAULTS, "perlin_threshold": 0.2, "noise_std_effective": 0.015}, np.random.default_rng(0), detach_map=False)
+                                {**DEFAULTS, "perlin_threshold": 0.2, "noise_std": 0.015}, np.random.default_rng(0), detach_map=False)
     assert parts["seg"] == 0.0 and parts["cls"] > 0
     loss.backward()
     assert float(net.cls_head.fc.weight.grad.abs().sum()) > 0
