@@ -247,3 +247,46 @@ class Pacer:
         # no catch-up bursts: the next frame is one period after this one or after now, whichever is later
         self._due = max(self._due + self.period, time.monotonic())
         return True
+
+
+class PacedSource(SourceBase):
+    """A software source (folder replay, synthetic camera) paced by a Pacer: shared start/stop/close and
+    the wait before each frame. Subclasses implement ``fetch`` starting with ``if not self._frame_due(...)``."""
+
+    def __init__(self, camera_id: str, rate_hz: float | None) -> None:
+        super().__init__(camera_id=camera_id)
+        self._pacer = Pacer(rate_hz)
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        if self.state == SourceState.CLOSED:
+            raise SourceError(f"{self.camera_id}: the source is closed")
+        if self.state in (SourceState.STREAMING, SourceState.FINISHED):
+            return
+        self._stop.clear()
+        self._pacer.reset()
+        self._set_state(SourceState.STREAMING)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.state == SourceState.STREAMING:
+            self._set_state(SourceState.STOPPED)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._set_state(SourceState.CLOSED)
+
+    def _streaming_or_wait(self, timeout_s: float) -> bool:
+        """True when streaming; otherwise waits briefly (so a polling caller does not spin) and says False."""
+        if self.state == SourceState.STREAMING:
+            return True
+        self._stop.wait(min(max(timeout_s, 0.0), 0.05))
+        return False
+
+    def _frame_due(self, timeout_s: float) -> bool:
+        """Waits for the next frame's time; False (a counted timeout unless stopping) when not due in time."""
+        if self._pacer.wait(timeout_s, self._stop):
+            return True
+        if not self._stop.is_set():
+            self._count("timeouts")
+        return False

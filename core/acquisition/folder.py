@@ -6,10 +6,9 @@ as errors (the message names the file); a folder with no images is an error at c
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
-from core.acquisition.base import Frame, Pacer, SourceBase, SourceError, SourceState, host_now
+from core.acquisition.base import Frame, PacedSource, SourceError, SourceState, host_now
 from core.data.images import IMAGE_SUFFIXES, ImageError, read_image
 
 log = logging.getLogger(__name__)
@@ -24,7 +23,7 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-class FolderSource(SourceBase):
+class FolderSource(PacedSource):
     """Replays a folder's images.
 
     rate_hz: frames per second (None or 0 = as fast as fetch() is called; then the source is not ``live``
@@ -38,30 +37,10 @@ class FolderSource(SourceBase):
         self.files = list_images(self.folder, recursive)
         if not self.files:
             raise SourceError(f"folder source: {self.folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        super().__init__(camera_id=f"folder:{self.folder.name}")
+        super().__init__(f"folder:{self.folder.name}", rate_hz)
         self.loop = loop
-        self._pacer = Pacer(rate_hz)
         self.live = bool(rate_hz)  # paced like a camera: drop when behind; as fast as asked: lossless
         self._position = 0
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        if self.state == SourceState.CLOSED:
-            raise SourceError(f"{self.camera_id}: the source is closed")
-        if self.state in (SourceState.STREAMING, SourceState.FINISHED):
-            return
-        self._stop.clear()
-        self._pacer.reset()
-        self._set_state(SourceState.STREAMING)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.state == SourceState.STREAMING:
-            self._set_state(SourceState.STOPPED)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._set_state(SourceState.CLOSED)
 
     def rewind(self) -> None:
         """Back to the first image (a FINISHED source becomes STOPPED and can be started again)."""
@@ -70,12 +49,7 @@ class FolderSource(SourceBase):
             self._set_state(SourceState.STOPPED)
 
     def fetch(self, timeout_s: float) -> Frame | None:
-        if self.state != SourceState.STREAMING:
-            self._stop.wait(min(max(timeout_s, 0.0), 0.05))
-            return None
-        if not self._pacer.wait(timeout_s, self._stop):
-            if not self._stop.is_set():
-                self._count("timeouts")
+        if not self._streaming_or_wait(timeout_s) or not self._frame_due(timeout_s):
             return None
         # skip unreadable files (counted) until one reads; at most one pass over the folder per call
         for _ in range(len(self.files)):

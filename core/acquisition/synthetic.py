@@ -6,15 +6,13 @@ costs a few ms per image) and replayed in a shuffled cycle; which frames are def
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-from core.acquisition.base import Frame, Pacer, SourceBase, SourceError, SourceState, host_now
+from core.acquisition.base import Frame, PacedSource, SourceError, SourceState, host_now
 from core.data.synthetic import plant_defect, textured_surface
 
 
-class SyntheticSource(SourceBase):
+class SyntheticSource(PacedSource):
     """size: (H, W); rate_hz: frames/s (None/0 = as fast as asked); defect_fraction: share of pool images
     with a planted defect; count: stop (FINISHED) after this many frames, None = endless."""
 
@@ -24,7 +22,7 @@ class SyntheticSource(SourceBase):
             raise SourceError(f"synthetic source: defect_fraction must be in 0..1, got {defect_fraction}")
         if pool < 1 or min(size) < 16:
             raise SourceError(f"synthetic source: need pool >= 1 and size >= 16x16, got pool={pool} size={size}")
-        super().__init__(camera_id="synthetic")
+        super().__init__("synthetic", rate_hz)
         rng = np.random.default_rng(seed)
         n_defect = round(pool * defect_fraction)
         self._images: list[np.ndarray] = []
@@ -36,42 +34,19 @@ class SyntheticSource(SourceBase):
             self._images.append(image)
             self._defect.append(index < n_defect)
         self._order = rng.permutation(pool)
-        self._pacer = Pacer(rate_hz)
         self.count = count
-        self._stop = threading.Event()
 
     def defective(self, sequence: int) -> bool:
         """Whether the frame with this sequence number carries a planted defect."""
         return self._defect[int(self._order[(sequence - 1) % len(self._order)])]
 
-    def start(self) -> None:
-        if self.state == SourceState.CLOSED:
-            raise SourceError("synthetic source: closed")
-        if self.state in (SourceState.STREAMING, SourceState.FINISHED):
-            return
-        self._stop.clear()
-        self._pacer.reset()
-        self._set_state(SourceState.STREAMING)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.state == SourceState.STREAMING:
-            self._set_state(SourceState.STOPPED)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._set_state(SourceState.CLOSED)
-
     def fetch(self, timeout_s: float) -> Frame | None:
-        if self.state != SourceState.STREAMING:
-            self._stop.wait(min(max(timeout_s, 0.0), 0.05))
+        if not self._streaming_or_wait(timeout_s):
             return None
         if self.count is not None and self._sequence >= self.count:
             self._set_state(SourceState.FINISHED, f"{self.count} frames delivered")
             return None
-        if not self._pacer.wait(timeout_s, self._stop):
-            if not self._stop.is_set():
-                self._count("timeouts")
+        if not self._frame_due(timeout_s):
             return None
         sequence = self._next_sequence()
         image = self._images[int(self._order[(sequence - 1) % len(self._order)])].copy()
