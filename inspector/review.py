@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 PAGE = 200
 MAX_PAGES = 40
 COLUMNS = ("ID", "Time (UTC)", "Camera", "Score", "Verdict", "Tag", "Tagged by")
-_DISPLAY = Qt.ItemDataRole.DisplayRole
-_FOREGROUND = Qt.ItemDataRole.ForegroundRole
-_ALIGNMENT = Qt.ItemDataRole.TextAlignmentRole
+_DISPLAY = int(Qt.ItemDataRole.DisplayRole)  # ints: Qt hands roles to data() as ints, and int == int is cheap
+_FOREGROUND = int(Qt.ItemDataRole.ForegroundRole)
+_ALIGNMENT = int(Qt.ItemDataRole.TextAlignmentRole)
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 _BRUSHES = {name: QBrush(colour(name)) for name in ("OK", "NG", "REVIEW")}
 TIME_RANGES = {"All time": None, "Last hour": timedelta(hours=1), "Last 24 hours": timedelta(days=1),
@@ -64,15 +64,19 @@ class InspectionTableModel(QAbstractTableModel):
             return COLUMNS[section]
         return None
 
-    def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
-        # Called for every role of every visible cell on each repaint: return at once for roles we do not
-        # serve, and serve the rest from strings formatted in the worker that loaded the page.
+    def data(self, index: QModelIndex, role: int = 0):
+        # Called for ~7 roles of every visible cell on each repaint (roles arrive as plain ints): return at
+        # once for roles we do not serve, and serve the rest from strings formatted in the worker thread.
         if role == _DISPLAY:
-            entry = self._entry(index.row())
-            return "…" if entry is None else entry[1][index.column()]
+            row = index.row()
+            rows = self._pages.get(row // PAGE)
+            if rows is None or row % PAGE >= len(rows):
+                self._entry(row)  # requests the page
+                return "…"
+            return rows[row % PAGE][1][index.column()]
         if role == _FOREGROUND:
             column = index.column()
-            if column not in (4, 5):
+            if column != 4 and column != 5:
                 return None
             entry = self._entry(index.row())
             if entry is None:
