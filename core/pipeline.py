@@ -102,6 +102,8 @@ class LatestResult:
     result: Result
     latency_ms: float
     index: int
+    thresholds: Thresholds | None = None  # of the model that produced ``result``
+    model_id: Any = None
 
 
 def _make_record(frame: Frame, result: Result, thresholds: Thresholds, model_id: Any, latency_ms: float,
@@ -132,9 +134,8 @@ class Pipeline:
                  model_id: Any = None, config: PipelineConfig | None = None,
                  on_result: Callable[[LatestResult], None] | None = None) -> None:
         self.source = source
-        self.detector = detector
+        self._model: tuple[DetectorLike, Any] = (detector, model_id)  # swapped as one, read once per batch
         self.sink = sink
-        self.model_id = model_id
         self.config = config or PipelineConfig()
         self.on_result = on_result
         self._stats = PipelineStats()
@@ -310,10 +311,23 @@ class Pipeline:
                 self._frames.clear()
             self._stats.drop("failed_inference", leftover, "inference worker crashed")
 
-    def _predict(self, frames: list[Frame]) -> list[Result | None]:
+    @property
+    def detector(self) -> DetectorLike:
+        return self._model[0]
+
+    @property
+    def model_id(self) -> Any:
+        return self._model[1]
+
+    def set_detector(self, detector: DetectorLike, model_id: Any = None) -> None:
+        """Swap the model of a running pipeline: the next batch uses it, and each row carries the model id
+        and thresholds of the detector that produced it (no mixed batch)."""
+        self._model = (detector, model_id)
+
+    def _predict(self, frames: list[Frame], detector: DetectorLike) -> list[Result | None]:
         """Results aligned with frames; None where the detector failed on that frame."""
         try:
-            results = list(self.detector.predict([f.image for f in frames]))
+            results = list(detector.predict([f.image for f in frames]))
             if len(results) != len(frames):
                 raise RuntimeError(f"detector returned {len(results)} results for {len(frames)} images")
             return results
@@ -323,14 +337,15 @@ class Pipeline:
                 log.warning("inference failed on frame %s of %s: %s", frames[0].sequence, frames[0].camera_id, exc)
                 return [None]
         # the batch failed: run frame by frame so one bad frame costs only itself
-        return [r for frame in frames for r in self._predict([frame])]
+        return [r for frame in frames for r in self._predict([frame], detector)]
 
     def _process(self, frames: list[Frame]) -> None:
+        detector, model_id = self._model
         start = time.perf_counter()
-        results = self._predict(frames)
+        results = self._predict(frames, detector)
         infer_ms = (time.perf_counter() - start) * 1000.0 / len(frames)
         done_ns = time.monotonic_ns()
-        thresholds = self.detector.thresholds
+        thresholds = detector.thresholds
         ok_every = self.config.ok_every
         latencies, verdicts, records = [], [], []
         for frame, result in zip(frames, results):
@@ -344,7 +359,7 @@ class Pipeline:
             else:
                 keep = True
             try:
-                records.append(_make_record(frame, result, thresholds, self.model_id, latency_ms, keep,
+                records.append(_make_record(frame, result, thresholds, model_id, latency_ms, keep,
                                             self.config.keep_masks and verdict != "OK"))
             except Exception as exc:  # e.g. a result whose score is not a number: no row can be written
                 self._stats.drop("failed_storage", 1, f"frame {frame.sequence}: bad result: {exc}")
@@ -352,7 +367,8 @@ class Pipeline:
             latencies.append(latency_ms)
             verdicts.append(verdict)
             with self._latest_lock:
-                latest = LatestResult(frame, result, latency_ms, (self._latest.index + 1) if self._latest else 1)
+                latest = LatestResult(frame, result, latency_ms, (self._latest.index + 1) if self._latest else 1,
+                                      thresholds, model_id)
                 self._latest = latest
             if self.on_result is not None:
                 try:

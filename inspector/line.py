@@ -219,15 +219,14 @@ def stop_pipeline(pipeline) -> dict:
 
 def swap_detector(pipeline, detector, model_id) -> None:
     """Hand a new model to a running pipeline: the inference thread reads ``detector`` per batch."""
-    pipeline.model_id = model_id
-    pipeline.detector = detector
+    pipeline.set_detector(detector, model_id)
 
 
 def live_frame(pipeline) -> LiveFrame | None:
     latest = pipeline.latest()
     if latest is None:
         return None
-    frame, result, thresholds = latest.frame, latest.result, pipeline.detector.thresholds
+    frame, result, thresholds = latest.frame, latest.result, latest.thresholds or pipeline.detector.thresholds
     return LiveFrame(sequence=latest.index, image=frame.image, score=float(result.score),
                      verdict=getattr(result.verdict, "value", str(result.verdict)), anomaly_map=result.anomaly_map,
                      mask=result.mask, ok=thresholds.ok, ng=thresholds.ng, pixel=thresholds.pixel)

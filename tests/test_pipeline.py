@@ -317,3 +317,34 @@ def test_run_headless_with_a_real_model_package(tmp_path):
     with open_database(None, tmp_path / "data") as db:
         assert {r.model_id for r in db.list_inspections(limit=100)} == {stats["model_id"]}
         assert db.get_model(stats["model_id"]).family == "baseline"
+
+
+def test_model_swap_mid_run_keeps_each_row_with_its_own_model(sqlite_db, tmp_path):
+    """set_detector() while frames flow: every row carries the model id and thresholds of the detector
+    that produced it, never a mix (the swap is read once per batch)."""
+
+    class Strict(BrightnessDetector):
+        thresholds = Thresholds(ok=0.1, ng=0.2, pixel=0.5)
+
+    source = SyntheticSource(size=(32, 32), rate_hz=400, pool=4, count=400)
+    first, second = BrightnessDetector(delay_s=0.002), Strict(delay_s=0.002)
+    pipeline = Pipeline(source, first, sqlite_db, model_id=None, config=PipelineConfig(ok_sampling=0))
+    pipeline.start()
+    deadline = time.monotonic() + 20
+    while (pipeline.latest() is None or pipeline.latest().index < 100) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipeline.set_detector(second, model_id=None)
+    swapped_at = pipeline.latest().index
+    assert pipeline.wait(30)
+    stats = pipeline.stop()
+    source.close()
+    _balanced(stats)
+    latest = pipeline.latest()
+    assert latest.thresholds == Strict.thresholds and pipeline.detector is second
+    rows = sqlite_db.list_inspections(limit=1000)
+    pairs = {(row.ok_threshold, row.ng_threshold) for row in rows}
+    assert pairs == {(0.3, 0.7), (0.1, 0.2)}, pairs
+    # rows of one model form one contiguous run of frames: the swap happened once, between batches
+    by_seq = sorted(rows, key=lambda row: row.frame_seq)
+    changes = sum(a.ok_threshold != b.ok_threshold for a, b in zip(by_seq, by_seq[1:]))
+    assert changes == 1 and swapped_at < len(rows)
