@@ -62,6 +62,8 @@ class LoginDialog(QDialog):
         layout.addLayout(form)
         layout.addWidget(self.message)
         layout.addLayout(buttons)
+        # typing starts where something is missing: the password when the name is already filled in
+        (self.password if self.name.text() else self.name).setFocus()
 
     def try_login(self) -> None:
         name, password = self.name.text().strip(), self.password.text()
