@@ -35,6 +35,7 @@ def _rgb(samples):
 def trained():
     """A DFC head trained on 48 synthetic images, and 16 held-out defect images with their masks."""
     torch.set_num_threads(2)
+    torch.manual_seed(0)   # the head's initial weights
     rng = np.random.default_rng(3)
     train = make_samples(48, 0.5, rng, SIZE)
     held_out = [s for s in make_samples(24, 1.0, rng, SIZE)][:16]
@@ -195,6 +196,8 @@ def test_pseudo_mask_has_an_ignore_band():
     masks, _ = crf_pseudo_masks(images, maps, np.array([0, 1]))
     assert (masks[0] == 0).all()                   # good image: all background
     assert (masks[1] == 1).any()                   # defect image: at least its peak region
+    masks, _ = crf_pseudo_masks(images, maps, np.array([0, 1]), defect_background=False)
+    assert (masks[0] == 0).all() and not (masks[1] == 0).any() and (masks[1] == 1).any()
 
 
 def test_clm_loss_prefers_a_cam_on_the_distinct_region():

@@ -1,7 +1,8 @@
 """Trainer of the "cam" family: the weakly supervised pipeline from OK/NG image labels to a distilled
 segmenter (Yan et al., Applied Soft Computing 184 (2025) 113661, rebuilt from its abstract).
 
-Stages (progress events carry these names; wall times land in meta["config"]["stage_seconds"]):
+Stages (progress events carry these names; wall times land in meta["config"]["stage_seconds"], this
+process's CPU seconds in meta["config"]["stage_cpu_seconds"]):
   load, features     train images at input size; frozen-backbone taps cached once (float16)
   dfc                CAM head trained on image labels (BCE on top-k pooled CAM)       = plain CAM
   clm                + contrastive module (SupCon on CAM-pooled region embeddings)      = +CLM
@@ -73,6 +74,7 @@ class CamConfig:
     mask_high: float = 0.7
     mask_low: float = 0.3
     mask_ring: int = 2
+    defect_background: bool = True  # False: defect images teach no background (see crf_pseudo_masks)
     good_per_epoch: int = 0      # good images per segmenter epoch; 0: as many as defect images
     threads: int = 2
 
@@ -109,12 +111,16 @@ class _Stages:
         self.progress = progress
         self.clock = EtaClock()
         self.seconds: dict[str, float] = {}
+        # CPU seconds of this process per stage: on a machine shared with other jobs, wall time
+        # says as much about the neighbours as about the pipeline; CPU time does not.
+        self.cpu_seconds: dict[str, float] = {}
         self._done = 0.0
         self._stage = ""
         self._start = 0.0
+        self._cpu_start = 0.0
 
     def begin(self, stage: str, message: str = "") -> None:
-        self._stage, self._start = stage, time.monotonic()
+        self._stage, self._start, self._cpu_start = stage, time.monotonic(), time.process_time()
         self.update(0.0, message)
 
     def update(self, within: float, message: str = "", **metrics: float) -> None:
@@ -123,6 +129,7 @@ class _Stages:
 
     def end(self, message: str = "", **metrics: float) -> None:
         self.seconds[self._stage] = round(time.monotonic() - self._start, 1)
+        self.cpu_seconds[self._stage] = round(time.process_time() - self._cpu_start, 1)
         self._done += _WEIGHTS[self._stage]
         self.progress(ProgressEvent(self._stage, min(1.0, self._done), f"done in {self.seconds[self._stage]:.1f}s"
                                     + (f"; {message}" if message else ""), self.clock.eta(self._done), metrics))
@@ -214,7 +221,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
 
     stages.begin("crf", f"{len(defect)} defect images")
     masks, _ = crf_pseudo_masks(data.images, maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
-                                ring=cfg.mask_ring, check_cancel=options.check_cancel,
+                                ring=cfg.mask_ring, defect_background=cfg.defect_background, check_cancel=options.check_cancel,
                                 on_image=lambda i: stages.update((i + 1) / len(defect)))
     stages.end(**mask_stats(masks, labels))
 
@@ -238,7 +245,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     stages.begin("refine", "CRF on the segmenter's maps")
     _, seg_maps = predict_from_features(model, feats, data.images, norm, device=device)
     masks2, _ = crf_pseudo_masks(data.images, seg_maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
-                                 ring=cfg.mask_ring, check_cancel=options.check_cancel,
+                                 ring=cfg.mask_ring, defect_background=cfg.defect_background, check_cancel=options.check_cancel,
                                  on_image=lambda i: stages.update((i + 1) / len(defect)))
     stages.end(**mask_stats(masks2, labels))
 
@@ -253,7 +260,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
 
     config = {"network": network_config, "training": asdict(cfg), "seed": options.seed,
               "device": str(device), "stage_seconds": dict(stages.seconds),
-              "total_seconds": round(sum(stages.seconds.values()), 1)}
+              "total_seconds": round(sum(stages.seconds.values()), 1), "stage_cpu_seconds": dict(stages.cpu_seconds),
+              "total_cpu_seconds": round(sum(stages.cpu_seconds.values()), 1)}
     meta = new_meta(config=config, thresholds=thresholds,
                     evaluation={"train_seconds": config["total_seconds"]}, **meta_base)
     if keep is not None:
