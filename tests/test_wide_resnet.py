@@ -101,3 +101,11 @@ def test_rejects_plain_resnet50_missing_keys_and_pickled_code(tmp_path):
 
 class _NotATensor:
     """A custom class: torch.load(weights_only=True) must refuse to unpickle it."""
+
+
+def test_pretrained_wide_resnet_without_weights_file_is_refused():
+    """Its ImageNet weights cannot be downloaded here: random features must never pass for pretrained ones."""
+    from core.models.backbones import BackboneError
+
+    with pytest.raises(BackboneError, match="needs a torchvision-format weights file"):
+        build_backbone("wide_resnet50_2", pretrained=True)

@@ -120,6 +120,14 @@ def to_rgb_float(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def resize_rgb_float(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Station image -> (H, W, 3) float32 in 0..1 at ``size`` (H, W), area-resampled.
+
+    The one resizing every model sees, in training and at inference alike."""
+    height, width = size
+    return to_rgb_float(cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA))
+
+
 def to_grey_u8(image: np.ndarray) -> np.ndarray:
     """Any station image -> (H, W) uint8, for display and thumbnails."""
     if image.dtype == np.uint16:

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from core.data.images import to_rgb_float
+from core.data.images import resize_rgb_float
 from core.inference.package import LoadedPackage, load_package
 from core.inference.result import Result, Thresholds
 
@@ -68,8 +68,7 @@ class Detector:
         height, width = self.input_size
         batch = np.empty((len(images), height, width, 3), dtype=np.float32)
         for index, image in enumerate(images):
-            resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-            batch[index] = (to_rgb_float(resized) - self._mean) / self._std
+            batch[index] = (resize_rgb_float(image, (height, width)) - self._mean) / self._std
         tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
         return tensor.half() if self.half else tensor
 

@@ -81,6 +81,10 @@ def build_backbone(name: str, *, pretrained: bool = True, weights_path: str | No
     elif name == "wide_resnet50_2":
         from core.models.wide_resnet import WideResNetFeatures
 
+        if pretrained and not weights_path:
+            # its ImageNet weights cannot be downloaded here; random features would train a useless model
+            raise BackboneError("wide_resnet50_2 needs a torchvision-format weights file (weights_path); "
+                                "none was given")
         net = WideResNetFeatures(weights_path=weights_path if pretrained else None)
     else:
         raise BackboneError(f"unknown backbone {name!r}; choose efficientnet_lite0 or wide_resnet50_2")

@@ -14,16 +14,14 @@ import numpy as np
 import torch
 
 from core.data.dataset import Sample
-from core.data.images import to_rgb_float
+from core.data.images import resize_rgb_float
 
 FLIPS = ("none", "h", "v", "hv")  # none, horizontal, vertical, both (= 180 degree rotation)
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int], normalisation: dict) -> np.ndarray:
     """Station image (H0, W0[, 3]) uint8/uint16 -> (3, H, W) float32 normalised, resized like the Detector does."""
-    height, width = size
-    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    rgb = (to_rgb_float(resized) - np.asarray(normalisation["mean"], np.float32)) / np.asarray(
+    rgb = (resize_rgb_float(image, size) - np.asarray(normalisation["mean"], np.float32)) / np.asarray(
         normalisation["std"], np.float32)
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 

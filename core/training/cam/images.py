@@ -6,13 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from core.data.dataset import DatasetError, Sample
-from core.data.images import ImageError, read_image, to_rgb_float
+from core.data.images import ImageError, read_image, resize_rgb_float
 from core.models.cam_classifier import fuse_taps
 
 
@@ -30,8 +29,7 @@ class ImageSet:
 def prepare(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A station image -> (H, W, 3) uint8 RGB at ``size`` (H, W), resized like the Detector does
     (INTER_AREA, then the same grey/16-bit -> RGB float conversion, quantised back to 8 bit)."""
-    resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return (to_rgb_float(resized) * 255.0 + 0.5).astype(np.uint8)
+    return (resize_rgb_float(image, size) * 255.0 + 0.5).astype(np.uint8)
 
 
 def load_images(samples: Sequence[Sample], size: tuple[int, int],
