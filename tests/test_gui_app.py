@@ -24,6 +24,26 @@ from inspector.main_window import MainWindow  # noqa: E402
 from inspector.users import LoginDialog  # noqa: E402
 
 
+def run_app(argv: list[str], drive, give_up_s: float) -> int:
+    """Run the real application's main(argv) while ``drive()`` is called every 100 ms on the Qt thread.
+    After ``give_up_s`` every window is closed, so a stuck test fails instead of hanging."""
+    started = time.monotonic()
+
+    def tick() -> None:
+        drive()
+        if time.monotonic() - started > give_up_s:
+            for widget in QApplication.topLevelWidgets():
+                widget.close()
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(100)
+    try:
+        return inspector_app.main(argv)
+    finally:
+        timer.stop()
+
+
 def test_demo_on_a_fresh_machine(tmp_path, monkeypatch, qapp):
     monkeypatch.setenv("INSPECTOR_DATA", str(tmp_path / "inspector"))
     seen: dict = {"progress": False, "login_text": "", "verdicts": 0, "seconds_to_verdicts": None}
@@ -48,17 +68,8 @@ def test_demo_on_a_fresh_machine(tmp_path, monkeypatch, qapp):
                     seen["rows"] = widget.context.db.count_inspections()
                     seen["user"] = widget.context.user.name
                     widget.close()
-        if time.monotonic() - started > 240:  # give up: close everything so the test fails, not hangs
-            for widget in QApplication.topLevelWidgets():
-                widget.close()
 
-    timer = QTimer()
-    timer.timeout.connect(drive)
-    timer.start(100)
-    try:
-        code = inspector_app.main(["--demo"])
-    finally:
-        timer.stop()
+    code = run_app(["--demo"], drive, give_up_s=240)
     assert code == 0
     assert seen["progress"], "the demo set-up showed no progress dialog"
     print(f"demo: verdicts on screen {seen['seconds_to_verdicts']:.1f} s after log-in, "
@@ -85,7 +96,6 @@ def test_new_station_creates_the_first_administrator(tmp_path, qapp):
     from inspector.users import FirstAdminDialog
 
     seen: dict = {}
-    started = time.monotonic()
 
     def drive() -> None:
         for widget in QApplication.topLevelWidgets():
@@ -102,17 +112,8 @@ def test_new_station_creates_the_first_administrator(tmp_path, qapp):
                 seen["user"] = (widget.context.user.name, widget.context.user.role)
                 seen["manage"] = widget.users_page.add_button.isEnabled()
                 widget.close()
-        if time.monotonic() - started > 60:
-            for widget in QApplication.topLevelWidgets():
-                widget.close()
 
-    timer = QTimer()
-    timer.timeout.connect(drive)
-    timer.start(100)
-    try:
-        assert inspector_app.main(["--data-dir", str(tmp_path / "station")]) == 0
-    finally:
-        timer.stop()
+    assert run_app(["--data-dir", str(tmp_path / "station")], drive, give_up_s=60) == 0
     assert seen["mismatch"] == "The two passwords differ."
     assert seen["user"] == ("admin", "admin") and seen["manage"]
     db = open_database(None, tmp_path / "station")
@@ -138,7 +139,6 @@ def test_run_with_source_and_model_streams_that_model(tmp_path, qapp):
     db.create_user("olga", "olga-pass", "operator")
     db.close()
     seen: dict = {}
-    started = time.monotonic()
 
     def drive() -> None:
         for widget in QApplication.topLevelWidgets():
@@ -149,18 +149,9 @@ def test_run_with_source_and_model_streams_that_model(tmp_path, qapp):
             if isinstance(widget, MainWindow) and widget.isVisible() and widget.live.frames_shown >= 3:
                 seen["model_id"] = widget.context.line.model_id
                 widget.close()
-        if time.monotonic() - started > 90:
-            for widget in QApplication.topLevelWidgets():
-                widget.close()
 
-    timer = QTimer()
-    timer.timeout.connect(drive)
-    timer.start(100)
-    try:
-        code = inspector_app.main(["--data-dir", str(data), "--source", f"folder:{dataset / 'test' / 'defect'}",
-                                   "--model", str(package)])
-    finally:
-        timer.stop()
+    code = run_app(["--data-dir", str(data), "--source", f"folder:{dataset / 'test' / 'defect'}",
+                    "--model", str(package)], drive, give_up_s=90)
     assert code == 0 and seen.get("model_id") is not None
     db = open_database(None, data)
     try:
