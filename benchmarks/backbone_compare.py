@@ -12,7 +12,6 @@ Prints one JSON object with p50/p90 latencies of each and ratio_p50 = wide_resne
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.inference.detector import Detector  # noqa: E402
 from core.inference.package import new_meta, save_package  # noqa: E402
 from core.inference.result import Thresholds  # noqa: E402
+from core.reporting import emit_json  # noqa: E402
 from core.models.backbones import IMAGENET_NORMALISATION  # noqa: E402
 from core.models.supersimplenet import SuperSimpleNet, make_config  # noqa: E402
 
@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                         "p90_ms": round(float(np.percentile(values, 90)), 2),
                         "min_ms": round(float(values.min()), 2)}
     report["ratio_p50"] = round(report["wide_resnet50_2"]["p50_ms"] / report["default"]["p50_ms"], 2)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    emit_json(report, args.json)
     return 0
 
 

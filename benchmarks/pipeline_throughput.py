@@ -12,31 +12,20 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.acquisition import SyntheticSource, open_source, simulator_producer  # noqa: E402
-from core.inference.result import Result, Thresholds, Verdict  # noqa: E402
+from core.reporting import emit_json  # noqa: E402
+from noop_detector import NoOpDetector  # noqa: E402
 from core.pipeline import Pipeline, PipelineConfig  # noqa: E402
 from core.storage import open_database  # noqa: E402
-
-
-class NoOpDetector:
-    """Says OK to everything at once: score 0, an all-zero map and mask (allocated, as a model's would be)."""
-
-    thresholds = Thresholds(ok=0.5, ng=0.9, pixel=0.5)
-
-    def predict(self, images: list[np.ndarray]) -> list[Result]:
-        return [Result(0.0, np.zeros(im.shape[:2], np.float32), np.zeros(im.shape[:2], bool), Verdict.OK)
-                for im in images]
 
 
 def _run(source, frames: int, data_dir: Path, config: PipelineConfig) -> dict:
@@ -89,10 +78,7 @@ def main() -> int:
             live = PipelineConfig(queue_size=16, max_batch=16, max_frames=args.frames, ok_sampling=100)
             report["viky_top_rate"] = _run(camera, args.frames, Path(tmp) / "b", live)
     report["meets_target"] = report["lossless"]["frames_per_s"] >= 150 and report["lossless"]["balanced"]
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n")
+    emit_json(report, args.json_out)
     return 0 if report["meets_target"] else 1
 
 

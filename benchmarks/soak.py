@@ -20,25 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.acquisition import simulator_producer  # noqa: E402
-from core.inference.result import Result, Thresholds, Verdict  # noqa: E402
+from core.reporting import emit_json  # noqa: E402
+from noop_detector import NoOpDetector  # noqa: E402
 from core.pipeline import PipelineConfig, run_headless  # noqa: E402
 
 RSS_LIMIT_MB = 50.0
 WARMUP_FRAMES = 1000
-
-
-class NoOpDetector:
-    thresholds = Thresholds(ok=0.5, ng=0.9, pixel=0.5)
-
-    def predict(self, images: list[np.ndarray]) -> list[Result]:
-        return [Result(0.0, np.zeros(im.shape[:2], np.float32), np.zeros(im.shape[:2], bool), Verdict.OK)
-                for im in images]
 
 
 def _train_baseline(work: Path) -> Path:
@@ -129,10 +121,7 @@ def main() -> int:
         "rss_samples_mb": {str(f): mb for f, mb in samples[:: max(1, len(samples) // 20)]},
     }
     report["passed"] = bool(report["exact"] and growth < RSS_LIMIT_MB and peak_growth < RSS_LIMIT_MB)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n")
+    emit_json(report, args.json_out)
     return 0 if report["passed"] else 1
 
 

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from core.reporting import emit_json
+
 SUBCOMMANDS = ("train", "evaluate", "predict", "bench", "run", "export")
 
 
@@ -115,11 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_json(report: dict, json_out: str | None) -> None:
-    text = json.dumps(report, indent=2, sort_keys=True)
-    print(text)
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(text + "\n")
+    emit_json(report, json_out, sort_keys=True)
 
 
 def _train(args: argparse.Namespace) -> int:
