@@ -18,7 +18,8 @@ from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_
 from core.training.api import TrainingError
 from core.training.feature_cache import FeatureCache
 from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, distance_weights,
-                                                  grid_targets, perturb, select_samples, training_step)
+                                                  _settings, grid_targets, perturb, select_samples, training_step)
+from core.training.api import TrainOptions
 
 GRID = (32, 32)
 
@@ -105,6 +106,18 @@ def test_regimes_pick_samples_and_masks(tmp_path):
         select_samples(train[:2], "weak")
     with pytest.raises(TrainingError, match="no good"):
         select_samples(train[2:], "mixed")
+
+
+def test_cpu_epochs_follow_the_regime_unless_given(tmp_path):
+    cpu = torch.device("cpu")
+    epochs = {regime: _settings(TrainOptions(out=tmp_path, supervision=regime), cpu)["epochs"]
+              for regime in ("unsupervised", "weak", "mixed", "full")}
+    assert epochs == DEFAULTS["epochs_cpu"] and epochs["weak"] < epochs["full"]
+    assert _settings(TrainOptions(out=tmp_path, supervision="full", epochs=3), cpu)["epochs"] == 3
+    one_for_all = TrainOptions(out=tmp_path, supervision="mixed", extra={"epochs_cpu": 5})
+    assert _settings(one_for_all, cpu)["epochs"] == 5
+    with pytest.raises(TrainingError, match="no value for supervision 'full'"):
+        _settings(TrainOptions(out=tmp_path, supervision="full", extra={"epochs_cpu": {"weak": 2}}), cpu)
 
 
 def test_grid_targets_dilate_weight_and_keep_tiny_defects():
