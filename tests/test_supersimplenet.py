@@ -15,11 +15,10 @@ from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.supersimplenet import SuperSimpleNet, make_config
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, truncated_l1
 from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_noise
-from core.training.api import TrainingError
+from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
 from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, distance_weights,
                                                   _settings, grid_targets, perturb, select_samples, training_step)
-from core.training.api import TrainOptions
 
 GRID = (32, 32)
 
@@ -118,6 +117,15 @@ def test_cpu_epochs_follow_the_regime_unless_given(tmp_path):
     assert _settings(one_for_all, cpu)["epochs"] == 5
     with pytest.raises(TrainingError, match="no value for supervision 'full'"):
         _settings(TrainOptions(out=tmp_path, supervision="full", extra={"epochs_cpu": {"weak": 2}}), cpu)
+
+
+def test_noise_std_follows_the_regime_unless_given_or_paper(tmp_path):
+    cpu = torch.device("cpu")
+    noise = {regime: _settings(TrainOptions(out=tmp_path, supervision=regime), cpu)["noise_std"]
+             for regime in ("unsupervised", "weak", "mixed", "full")}
+    assert noise == DEFAULTS["noise_std_by_regime"] and noise["weak"] > noise["full"]
+    assert _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"noise_std": 0.1}), cpu)["noise_std"] == 0.1
+    assert _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"paper": True}), cpu)["noise_std"] == 0.015
 
 
 def test_grid_targets_dilate_weight_and_keep_tiny_defects():
