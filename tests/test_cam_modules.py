@@ -20,7 +20,7 @@ from core.training.cam.dfc import HeadSchedule, cams_from_features, image_classi
 from core.training.cam.guided_crop import crop_box, guided_crops, random_box
 from core.training.cam.images import extract_features, prepare
 from core.training.cam.inpainting import erase_region, inpaint_extend
-from core.training.cam.pseudo_masks import crf_pseudo_masks
+from core.training.cam.pseudo_masks import crf_pseudo_masks, limit_background
 from core.training.cam.segmenter_training import predict_from_features, train_decoder
 
 SIZE = (128, 128)
@@ -196,8 +196,20 @@ def test_pseudo_mask_has_an_ignore_band():
     masks, _ = crf_pseudo_masks(images, maps, np.array([0, 1]))
     assert (masks[0] == 0).all()                   # good image: all background
     assert (masks[1] == 1).any()                   # defect image: at least its peak region
-    masks, _ = crf_pseudo_masks(images, maps, np.array([0, 1]), defect_background=False)
+    masks, _ = crf_pseudo_masks(images, maps, np.array([0, 1]), background_within=0)
     assert (masks[0] == 0).all() and not (masks[1] == 0).any() and (masks[1] == 1).any()
+
+
+def test_limit_background_keeps_background_only_near_the_defect():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[18:22, 18:22] = 1
+    mask[0:3, :] = IGNORE
+    near = limit_background(mask, 5)
+    assert (near[18:22, 18:22] == 1).all()
+    assert near[20, 25] == 0 and near[20, 27] == IGNORE        # 4 px from the defect taught, 6 px not
+    assert (near[0:3] == IGNORE).all() and near[35, 35] == IGNORE
+    assert (limit_background(mask, None) == mask).all()
+    assert not (limit_background(np.zeros((5, 5), np.uint8), 3) == 0).any()  # no defect: nothing taught
 
 
 def test_clm_loss_prefers_a_cam_on_the_distinct_region():

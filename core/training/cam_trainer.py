@@ -74,7 +74,8 @@ class CamConfig:
     mask_high: float = 0.7
     mask_low: float = 0.3
     mask_ring: int = 2
-    defect_background: bool = True  # False: defect images teach no background (see crf_pseudo_masks)
+    background_within: int | None = None  # px from the found defect where defect images teach background
+                                          # (None: everywhere; 0: nowhere; see crf_pseudo_masks)
     good_per_epoch: int = 0      # good images per segmenter epoch; 0: as many as defect images
     threads: int = 2
 
@@ -221,7 +222,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
 
     stages.begin("crf", f"{len(defect)} defect images")
     masks, _ = crf_pseudo_masks(data.images, maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
-                                ring=cfg.mask_ring, defect_background=cfg.defect_background, check_cancel=options.check_cancel,
+                                ring=cfg.mask_ring, background_within=cfg.background_within, check_cancel=options.check_cancel,
                                 on_image=lambda i: stages.update((i + 1) / len(defect)))
     stages.end(**mask_stats(masks, labels))
 
@@ -245,7 +246,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     stages.begin("refine", "CRF on the segmenter's maps")
     _, seg_maps = predict_from_features(model, feats, data.images, norm, device=device)
     masks2, _ = crf_pseudo_masks(data.images, seg_maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
-                                 ring=cfg.mask_ring, defect_background=cfg.defect_background, check_cancel=options.check_cancel,
+                                 ring=cfg.mask_ring, background_within=cfg.background_within, check_cancel=options.check_cancel,
                                  on_image=lambda i: stages.update((i + 1) / len(defect)))
     stages.end(**mask_stats(masks2, labels))
 

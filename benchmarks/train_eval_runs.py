@@ -1,19 +1,20 @@
-"""Train and evaluate a list of SuperSimpleNet runs (regimes, seeds, settings), encoding each image set once.
+"""Train and evaluate a list of runs (families, regimes, seeds, settings); SuperSimpleNet encodes each image set once.
 
 Usage:
-    .venv/bin/python benchmarks/ssn_runs.py RUNS.json [--out-root runs/ssn] [--threads 2]
+    .venv/bin/python benchmarks/train_eval_runs.py RUNS.json [--out-root runs/ssn] [--threads 2]
 
-RUNS.json is a list of runs, each {"name", "supervision", "seed"?, "epochs"?, "extra"?, "dataset"?}
-("dataset" defaults to ../shared/datasets/mtd; "extra" is TrainOptions.extra, e.g. {"noise_std": 0.35}).
-Each run is exactly `inspector train DATASET --supervision S --seed N --out OUT_ROOT/NAME` (same train()
+RUNS.json is a list of runs, each {"name", "supervision", "family"?, "seed"?, "epochs"?, "extra"?, "dataset"?}
+("family" defaults to supersimplenet, "dataset" to ../shared/datasets/mtd; "extra" is TrainOptions.extra, e.g.
+{"noise_std": 0.35}, the settings the CLI has no flag for).
+Each run is exactly `inspector train DATASET --family F --supervision S --seed N --out OUT_ROOT/NAME` (same train()
 call, same options) followed by `inspector evaluate` on the dataset's test split, whose report is written
 to OUT_ROOT/NAME/eval.json; one summary line per run goes to stdout. Runs whose eval.json exists are skipped,
 so an interrupted list can be resumed.
 
-The one difference from separate commands: the frozen backbone's features of a sample set are computed once
+The one difference from separate commands: SuperSimpleNet's frozen-backbone features of a sample set are computed once
 and handed to every run on the same images (keyed by image file and whether its mask is used), because
 encoding is a third of a CPU training run and its result does not depend on the seed or the head settings.
-So the `train_s` printed here excludes encoding; time a single `inspector train` for the training time.
+So the `train_s` printed for SuperSimpleNet excludes encoding; time a single `inspector train` for the training time.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import core.training.supersimplenet_trainer as trainer
 from core.data.dataset import open_dataset
 from core.evaluation import evaluate
 from core.inference.detector import Detector
-from core.training.api import TrainOptions
+from core.training.api import TrainOptions, trainer_for
 from core.training.feature_cache import FeatureCache
 
 DEFAULT_DATASET = str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd")
@@ -66,7 +67,7 @@ def main() -> int:
         options = TrainOptions(out=out, supervision=run["supervision"], epochs=run.get("epochs"), device="cpu",
                                seed=run.get("seed", 0), extra={"threads": args.threads, **run.get("extra", {})})
         start = time.perf_counter()
-        trainer.train(dataset, options, lambda event: None)
+        trainer_for(run.get("family", "supersimplenet"))(dataset, options, lambda event: None)
         train_s = time.perf_counter() - start
         report = evaluate(Detector.load(out, device="cpu"), dataset, split="test")
         (out / "eval.json").write_text(json.dumps(report, indent=1, default=str))
