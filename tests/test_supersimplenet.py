@@ -123,7 +123,7 @@ def test_noise_std_follows_the_regime_unless_given_or_paper(tmp_path):
     cpu = torch.device("cpu")
     noise = {regime: _settings(TrainOptions(out=tmp_path, supervision=regime), cpu)["noise_std"]
              for regime in ("unsupervised", "weak", "mixed", "full")}
-    assert noise == DEFAULTS["noise_std_by_regime"] and noise["weak"] > noise["full"]
+    assert noise == DEFAULTS["noise_std"] and noise["weak"] > noise["full"]
     assert _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"noise_std": 0.1}), cpu)["noise_std"] == 0.1
     assert _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"paper": True}), cpu)["noise_std"] == 0.015
 
