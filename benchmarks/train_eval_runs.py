@@ -40,10 +40,16 @@ def reuse_features(build):
     trainer standardises the cache in place)."""
     encoded: dict[tuple, FeatureCache] = {}
 
-    def build_once(samples, *args, **kwargs) -> FeatureCache:
-        key = tuple((str(s.image_path.resolve()), s.mask_path is not None) for s in samples)
+    def build_once(samples, encode, size, normalisation, flips=("none",), *args, **kwargs) -> FeatureCache:
+        # encode standardises with the network's statistics once they are set (the held-back images are
+        # encoded after fitting), so those statistics are part of what was encoded
+        network = getattr(encode, "__self__", None)
+        statistics = (() if network is None else
+                      (float(network.feature_mean.double().sum()), float(network.feature_std.double().sum())))
+        key = (tuple((str(s.image_path.resolve()), s.mask_path is not None) for s in samples), tuple(flips),
+               tuple(size), statistics)
         if key not in encoded:
-            encoded[key] = build(samples, *args, **kwargs)
+            encoded[key] = build(samples, encode, size, normalisation, flips, *args, **kwargs)
         cache = encoded[key]
         return FeatureCache(features=cache.features.clone(), flips=cache.flips, masks=list(cache.masks))
     return build_once
@@ -72,7 +78,9 @@ def main() -> int:
         report = evaluate(Detector.load(out, device="cpu"), dataset, split="test")
         (out / "eval.json").write_text(json.dumps(report, indent=1, default=str))
         figures = " ".join(f"{key}={report[key]:.3f}" for key in SUMMARY_KEYS if report.get(key) is not None)
-        print(f"{run['name']} train_s={train_s:.0f} {figures}", flush=True)
+        verdicts = " ".join(f"{kind}={'/'.join(str(report['verdicts'][kind][v]) for v in ('OK', 'REVIEW', 'NG'))}"
+                            for kind in ("good", "defect"))
+        print(f"{run['name']} train_s={train_s:.0f} {figures} verdicts(OK/REVIEW/NG) {verdicts}", flush=True)
     return 0
 
 

@@ -27,6 +27,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inspector", description="Line-side visual inspection station.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -42,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="efficientnet_lite0", choices=("efficientnet_lite0", "wide_resnet50_2"))
     p.add_argument("--backbone-weights", help="torchvision-format weights file for wide_resnet50_2")
     p.add_argument("--paper", action="store_true", help="the papers' full settings (meant for a GPU)")
+    p.add_argument("--calibration-fraction", type=_fraction,
+                   help="share of each class of training images held back from fitting to set the OK/NG thresholds "
+                        "on (supersimplenet and cam; default 0.15; 0: set them on the fitted images)")
     p.add_argument("--force", action="store_true", help="overwrite an existing model package at --out")
 
     p = sub.add_parser("evaluate", help="evaluate a model package on a dataset's test split; prints JSON")
@@ -131,10 +144,16 @@ def _train(args: argparse.Namespace) -> int:
         raise CliError("--backbone wide_resnet50_2 needs --backbone-weights FILE (torchvision-format weights)")
     dataset = open_dataset(args.dataset, require_test=False)
     _check_dataset(dataset)
+    extra: dict = {"paper": True} if args.paper else {}
+    if args.calibration_fraction is not None:
+        if args.family == "baseline":
+            raise CliError("--calibration-fraction applies to supersimplenet and cam; the baseline fits no network "
+                           "and sets its thresholds on all training images")
+        extra["calibration_fraction"] = args.calibration_fraction
     train = trainer_for(args.family)
     options = TrainOptions(out=out, supervision=args.supervision, epochs=args.epochs, device=args.device,
                            seed=args.seed, backbone=args.backbone, backbone_weights=args.backbone_weights,
-                           extra={"paper": True} if args.paper else {})
+                           extra=extra)
     counts = dataset.counts("train")
     print(f"inspector train: {args.family}/{args.supervision} on {dataset.root} ({dataset.layout} layout): "
           f"{counts['good']} good, {counts['defect']} defect ({counts['segmented']} with masks)", file=sys.stderr)

@@ -203,7 +203,8 @@ class CalibrateView(QWidget):
             self.source_label.setText("No active model: train and promote one on the Models page first.")
         else:
             n_ok, n_ng = int((labels == 0).sum()), int((labels == 1).sum())
-            self.source_label.setText(f"Model #{model.id} {model.name}: {n_ok} images tagged OK, {n_ng} tagged NG.")
+            self.source_label.setText(f"Model #{model.id} {model.name}: {n_ok} images tagged OK, {n_ng} tagged NG."
+                                      + _calibration_origin(model.meta.get("calibration")))
             thresholds = model.meta.get("thresholds", {})
             self._set_lines(float(thresholds.get("ok", 0.3)), float(thresholds.get("ng", 0.7)))
         self._draw()
@@ -288,6 +289,7 @@ class CalibrateView(QWidget):
             return
         ok, ng = self.thresholds()
         model, db, user = self.model, self.context.db, self.context.user
+        tagged = {"good": int((self.labels == 0).sum()), "defect": int((self.labels == 1).sum())}
 
         def work():
             from core.inference.package import read_meta, write_meta
@@ -295,6 +297,7 @@ class CalibrateView(QWidget):
             meta = read_meta(model.package_path)
             thresholds = Thresholds(ok=round(ok, 6), ng=round(ng, 6), pixel=float(meta["thresholds"]["pixel"]))
             meta["thresholds"] = thresholds.to_dict()
+            meta["calibration"] = {"source": "tagged images, on the Calibrate page", **tagged, "note": ""}
             write_meta(model.package_path, meta)
             db.update_model_meta(model.id, meta, user)
             return thresholds
@@ -308,3 +311,10 @@ class CalibrateView(QWidget):
 
         workers.submit(work, done, lambda m: self.context.report(f"Thresholds were not applied: {m}"), "calibrate")
 
+
+def _calibration_origin(record: object) -> str:
+    """' Its thresholds were set on …' from a package's meta["calibration"] ('' when it has none)."""
+    if not isinstance(record, dict) or "source" not in record:
+        return ""
+    return (f" Its thresholds were set on {record.get('good', '?')} good and {record.get('defect', '?')} defect "
+            f"{record['source']}.")

@@ -6,6 +6,7 @@ import pytest
 
 from core.inference.calibration import CalibrationError, image_thresholds, pixel_threshold
 from core.inference.result import Thresholds, Verdict
+from core.training.holdout import calibration_holdout, describe
 
 
 def test_verdict_policy_boundaries():
@@ -67,3 +68,28 @@ def test_pixel_threshold_without_any_defect_mask_uses_good_quantile():
     assert threshold == pytest.approx(np.quantile(maps[0], 0.99))
     with pytest.raises(CalibrationError):
         pixel_threshold(maps, [None])
+
+
+def test_holdout_takes_the_same_share_of_each_class_at_random():
+    labels = np.r_[np.zeros(200, int), np.ones(60, int)]
+    holdout = calibration_holdout(labels, 0.15, seed=1)
+    assert holdout.used and holdout.reason == ""
+    assert (labels[holdout.held] == 0).sum() == 30 and (labels[holdout.held] == 1).sum() == 9
+    assert np.intersect1d(holdout.fit, holdout.held).size == 0
+    assert np.array_equal(np.union1d(holdout.fit, holdout.held), np.arange(260))
+    assert np.array_equal(calibration_holdout(labels, 0.15, seed=1).held, holdout.held)
+    assert not np.array_equal(calibration_holdout(labels, 0.15, seed=2).held, holdout.held)
+    record = describe(holdout, labels[holdout.held], 0.15)
+    assert record["source"] == "held-out training images" and (record["good"], record["defect"]) == (30, 9)
+
+
+def test_too_few_images_of_a_class_hold_nothing_back_and_say_why():
+    labels = np.r_[np.zeros(200, int), np.ones(20, int)]   # 15 % of 20 defects is 3: no usable quantile
+    holdout = calibration_holdout(labels, 0.15)
+    assert not holdout.used and holdout.fit.size == 220 and "20 defect images" in holdout.reason
+    assert describe(holdout, labels, 0.15)["source"] == "training images"
+    off = calibration_holdout(labels, 0.0)
+    assert not off.used and "0" in off.reason
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="calibration_fraction"):
+            calibration_holdout(labels, bad)

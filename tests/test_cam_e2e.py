@@ -15,12 +15,12 @@ from core.inference.detector import Detector
 from core.inference.package import read_meta
 from core.training.api import TrainingCancelled, TrainingError, TrainOptions, trainer_for
 
-FAST = {"input_size": 96, "gcm_rounds": 1, "iem_rounds": 2}
+FAST = {"input_size": 96, "gcm_rounds": 1, "iem_rounds": 2, "calibration_fraction": 0.25}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = write_synthetic_dataset(tmp_path_factory.mktemp("cam") / "syn", train_good=24, train_defect=16,
+    root = write_synthetic_dataset(tmp_path_factory.mktemp("cam") / "syn", train_good=24, train_defect=20,
                                    test_good=8, test_defect=8, size=(96, 96), seed=4, masks=True)
     # Weak supervision must never read a training mask: make them all unreadable.
     for mask in (root / "train" / "masks").iterdir():
@@ -38,6 +38,9 @@ def test_train_package_load_predict(dataset, tmp_path):
     assert set(meta["config"]["stage_seconds"]) == {"load", "features", "dfc", "clm", "gcm", "iem", "crf",
                                                     "segmenter-1", "refine", "segmenter-2", "calibrate"}
     assert meta["evaluation"]["train_seconds"] > 0
+    # a quarter of each class (6 good, 5 defect) never trained and set the OK/NG thresholds
+    assert meta["calibration"] == {"source": "held-out training images", "fraction": 0.25, "good": 6, "defect": 5,
+                                   "note": ""}
     stages = [e.stage for e in events]
     assert stages.index("dfc") < stages.index("gcm") < stages.index("crf") < stages.index("segmenter-2")
     fractions = [e.fraction for e in events]

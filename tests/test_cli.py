@@ -78,3 +78,23 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
         assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
     done = inspector("train", str(dataset), "--family", "baseline", "--out", "x", "--epochs", "0")
     assert done.returncode == 2 and "must be at least 1" in done.stderr
+    done = inspector("train", str(dataset), "--family", "cam", "--out", "x", "--calibration-fraction", "1")
+    assert done.returncode == 2 and "must be at least 0 and below 1" in done.stderr
+    done = inspector("train", str(dataset), "--family", "baseline", "--out", str(tmp_path / "b"),
+                     "--calibration-fraction", "0.2")
+    assert done.returncode == 2 and "applies to supersimplenet and cam" in done.stderr
+
+
+def test_train_holds_back_images_for_the_thresholds_unless_told_not_to(trained, tmp_path):
+    dataset, _ = trained
+    for fraction, source in (("0.5", "held-out training images"), ("0", "training images")):
+        model = tmp_path / f"ssn_{fraction}"
+        done = inspector("train", str(dataset), "--family", "supersimplenet", "--epochs", "1", "--out", str(model),
+                         "--calibration-fraction", fraction)
+        assert done.returncode == 0, done.stderr
+        meta = json.loads((model / "model.json").read_text())
+        assert meta["calibration"]["source"] == source, meta["calibration"]
+    # half of the 30 good and of the 10 defect images held back, the other half trained
+    meta_held = json.loads((tmp_path / "ssn_0.5" / "model.json").read_text())
+    assert meta_held["training"]["images"] == 20
+    assert (meta_held["calibration"]["good"], meta_held["calibration"]["defect"]) == (15, 5)

@@ -299,6 +299,13 @@ def test_retrain_promote_roll_back_and_calibrate(app_window, qtbot, station):
                     timeout=WAIT)
     qtbot.waitUntil(lambda: abs(context.db.active_model().meta["thresholds"]["ok"] - ok) < 1e-5, timeout=WAIT)
     assert any(e.action == "update_model_meta" for e in context.db.list_audit(limit=10))
+    # the package now says where its thresholds came from, and the page tells the engineer
+    record = json.loads((package / "model.json").read_text())["calibration"]
+    assert record["source"] == "tagged images, on the Calibrate page"
+    assert (record["good"], record["defect"]) == (int((labels == 0).sum()), int((labels == 1).sum()))
+    calibrate.reload()
+    qtbot.waitUntil(lambda: "Its thresholds were set on" in calibrate.source_label.text(), timeout=WAIT)
+    assert f"{record['defect']} defect tagged images" in calibrate.source_label.text()
     assert window.errors == []
 
 

@@ -54,6 +54,8 @@ def test_weak_training_separates_planted_defects(dataset, tmp_path):
     verdicts = [r.verdict.value for r in results]
     good_ng = sum(v == "NG" for v, y in zip(verdicts, labels) if y == 0)
     assert good_ng <= len(labels) // 4
+    # 15 % of 16 defect images is too few to hold back: calibrated on the training images, and the package says so
+    assert meta["calibration"]["source"] == "training images" and "16 defect images" in meta["calibration"]["note"]
 
 
 def test_full_supervision_localises_defects(dataset, tmp_path):
@@ -73,7 +75,11 @@ def test_full_supervision_localises_defects(dataset, tmp_path):
 def test_unsupervised_and_cancel(dataset, tmp_path):
     path, _ = _train(dataset, tmp_path / "unsup", "unsupervised", epochs=1)
     meta = load_package(path).meta
-    assert meta["training"]["images"] == 32 and meta["thresholds"]["ok"] == meta["thresholds"]["ng"]
+    # 5 of the 32 good images are held back; they and the 16 defect images (which never train an unsupervised
+    # model) set the thresholds
+    assert meta["training"]["images"] == 27
+    assert meta["calibration"] == {"source": "held-out training images", "fraction": 0.15, "good": 5, "defect": 16,
+                                   "note": ""}
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(TrainingCancelled):

@@ -12,7 +12,8 @@ process's CPU seconds in meta["config"]["stage_cpu_seconds"]):
   segmenter-1        decoder trained on the pseudo masks                               = round 1
   refine             its maps on the training defect images, CRF-refined again
   segmenter-2        decoder trained on the refined masks                              = round 2
-  calibrate          thresholds from training images only (pseudo masks, image labels)
+  calibrate          OK/NG thresholds from the scores of training images held back from every stage above
+                     (core.training.holdout); the pixel threshold from the fitted images' pseudo masks
 Masks of the dataset are never read. Only the segmenter (with the classifier's head as its image
 score) goes into the package. With options.extra["keep_stages"] the intermediate heads and the
 round-1 segmenter are written beside the package (``<out>.stages/``) for benchmarks/cam_ablation.py.
@@ -46,6 +47,7 @@ from core.training.cam.images import extract_features, load_images
 from core.training.cam.inpainting import inpaint_extend
 from core.training.cam.pseudo_masks import crf_pseudo_masks, mask_stats
 from core.training.cam.segmenter_training import predict_from_features, train_decoder
+from core.training.holdout import DEFAULT_FRACTION, calibration_holdout, describe
 
 
 @dataclass
@@ -77,6 +79,7 @@ class CamConfig:
     background_within: int | None = None  # px from the found defect where defect images teach background
                                           # (None: everywhere; 0: nowhere; see crf_pseudo_masks)
     good_per_epoch: int = 0      # good images per segmenter epoch; 0: as many as defect images
+    calibration_fraction: float = DEFAULT_FRACTION  # of each class held back to set OK/NG on; 0: none
     threads: int = 2
 
     @classmethod
@@ -166,9 +169,14 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     stages.begin("features", f"backbone {options.backbone}")
     backbone = build_backbone(options.backbone, weights_path=options.backbone_weights).to(device)
     channels = backbone_channels(options.backbone)
-    feats = extract_features(backbone, data.images, norm, device=device, check_cancel=options.check_cancel,
-                               on_batch=lambda n: stages.update(n / len(samples), f"{n}/{len(samples)}"))
+    all_feats = extract_features(backbone, data.images, norm, device=device, check_cancel=options.check_cancel,
+                                 on_batch=lambda n: stages.update(n / len(samples), f"{n}/{len(samples)}"))
     stages.end()
+    # Every stage below sees only the fitted images; the held-back ones set the OK/NG thresholds at the end.
+    holdout = calibration_holdout(labels, cfg.calibration_fraction, options.seed)
+    all_labels = labels
+    images, feats, labels = data.images[holdout.fit], all_feats[holdout.fit], all_labels[holdout.fit]
+    held = (all_feats[holdout.held], data.images[holdout.held], all_labels[holdout.held]) if holdout.used else None
 
     head = CamHead(sum(channels), DEFAULT_CONFIG["head_hidden"]).to(device)
     projection = Projection(DEFAULT_CONFIG["head_hidden"]).to(device)
@@ -200,7 +208,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     stages.begin("gcm", f"{cfg.gcm_rounds} rounds of guided crops")
     for round_index in range(cfg.gcm_rounds):
         _, cams = cams_from_features(head, feats, size, cfg.topk_fraction, device=device)
-        crops, crop_labels, _ = guided_crops(data.images, cams, labels, rng, margin=cfg.gcm_margin,
+        crops, crop_labels, _ = guided_crops(images, cams, labels, rng, margin=cfg.gcm_margin,
                                              min_side=cfg.gcm_min_side)
         crop_feats = extract_features(backbone, crops, norm, device=device, check_cancel=options.check_cancel)
         stages.update((round_index + 0.5) / cfg.gcm_rounds, f"round {round_index + 1}: {len(crops)} crops")
@@ -214,14 +222,14 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
 
     stages.begin("iem", f"up to {cfg.iem_rounds} inpainting rounds")
     defect = np.flatnonzero(labels > 0)
-    extended, used = inpaint_extend(data.images[defect], cams[defect], classify, rounds=cfg.iem_rounds,
+    extended, used = inpaint_extend(images[defect], cams[defect], classify, rounds=cfg.iem_rounds,
                                     threshold=cfg.iem_threshold)
     maps = cams.copy()
     maps[defect] = extended
     stages.end(f"mean rounds {used.mean():.2f}", grown_px=float((extended >= 0.5).mean() - (cams[defect] >= 0.5).mean()))
 
     stages.begin("crf", f"{len(defect)} defect images")
-    masks, _ = crf_pseudo_masks(data.images, maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
+    masks, _ = crf_pseudo_masks(images, maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
                                 ring=cfg.mask_ring, background_within=cfg.background_within, check_cancel=options.check_cancel,
                                 on_image=lambda i: stages.update((i + 1) / len(defect)))
     stages.end(**mask_stats(masks, labels))
@@ -234,29 +242,30 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
                       check_cancel=options.check_cancel)
 
     stages.begin("segmenter-1", "decoder on CRF pseudo masks")
-    train_decoder(model, feats, data.images, masks, labels, norm, seed=options.seed + 10, **seg_kwargs,
+    train_decoder(model, feats, images, masks, labels, norm, seed=options.seed + 10, **seg_kwargs,
                   on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs, f"epoch {e + 1}", loss=loss))
     stages.end()
     meta_base = dict(family="cam", backbone=options.backbone, input_size=size, normalisation=norm,
                      dataset={"path": str(dataset.root), "hash": dataset.content_hash(), "supervision": "weak"})
     if keep is not None:
-        round1 = _calibrate(model, feats, data.images, labels, masks, norm, device)
+        round1 = _calibrate(model, feats, images, labels, masks, norm, device, held)
         save_package(keep / "seg1", model, new_meta(config={"network": network_config}, thresholds=round1, **meta_base))
 
     stages.begin("refine", "CRF on the segmenter's maps")
-    _, seg_maps = predict_from_features(model, feats, data.images, norm, device=device)
-    masks2, _ = crf_pseudo_masks(data.images, seg_maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
+    _, seg_maps = predict_from_features(model, feats, images, norm, device=device)
+    masks2, _ = crf_pseudo_masks(images, seg_maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
                                  ring=cfg.mask_ring, background_within=cfg.background_within, check_cancel=options.check_cancel,
                                  on_image=lambda i: stages.update((i + 1) / len(defect)))
     stages.end(**mask_stats(masks2, labels))
 
     stages.begin("segmenter-2", "decoder on refined masks")
-    train_decoder(model, feats, data.images, masks2, labels, norm, seed=options.seed + 20, **seg_kwargs,
+    train_decoder(model, feats, images, masks2, labels, norm, seed=options.seed + 20, **seg_kwargs,
                   on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs, f"epoch {e + 1}", loss=loss))
     stages.end()
 
-    stages.begin("calibrate", "thresholds from training images and pseudo masks")
-    thresholds = _calibrate(model, feats, data.images, labels, masks2, norm, device)
+    stages.begin("calibrate", f"OK/NG from {len(holdout.held)} held-back images" if held is not None
+                 else f"thresholds from the training images ({holdout.reason})")
+    thresholds = _calibrate(model, feats, images, labels, masks2, norm, device, held)
     stages.end(pixel=thresholds.pixel, ok=thresholds.ok, ng=thresholds.ng)
 
     config = {"network": network_config, "training": asdict(cfg), "seed": options.seed,
@@ -265,17 +274,24 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
               "total_cpu_seconds": round(sum(stages.cpu_seconds.values()), 1)}
     meta = new_meta(config=config, thresholds=thresholds,
                     evaluation={"train_seconds": config["total_seconds"]}, **meta_base)
+    meta["calibration"] = describe(holdout, labels if held is None else held[2], cfg.calibration_fraction)
     if keep is not None:
         (keep / "config.json").write_text(json.dumps(config, indent=2))
     return save_package(options.out, model.cpu(), meta)
 
 
 def _calibrate(model: CamSegmenter, feats: torch.Tensor, images: np.ndarray, labels: np.ndarray,
-               masks: np.ndarray, norm: dict, device: torch.device) -> Thresholds:
-    """Image thresholds from the training scores and labels; the pixel threshold that best fits the
-    pseudo masks over their non-ignored pixels (good images: all background)."""
+               masks: np.ndarray, norm: dict, device: torch.device,
+               held: tuple[torch.Tensor, np.ndarray, np.ndarray] | None = None) -> Thresholds:
+    """OK/NG from the scores and labels of the held-back (features, images (N, H, W, 3), labels) when given,
+    else of the fitted images; the pixel threshold that best fits the fitted images' pseudo masks over their
+    non-ignored pixels (good images: all background)."""
     scores, maps = predict_from_features(model, feats, images, norm, device=device)
-    ok, ng = image_thresholds(scores, labels)
+    score_labels = labels
+    if held is not None:
+        held_feats, held_images, score_labels = held
+        scores = predict_from_features(model, held_feats, held_images, norm, device=device)[0]
+    ok, ng = image_thresholds(scores, score_labels)
     valid = [m != IGNORE for m in masks]
     try:
         pixel = pixel_threshold([amap[v] for amap, v in zip(maps, valid)],

@@ -2,7 +2,8 @@
 
 Steps: pick the training samples for the regime -> encode every image (and flip) once with the frozen
 backbone (core.training.feature_cache) -> train adaptor + heads on the cached features with Perlin-masked
-feature noise -> calibrate thresholds on the training images -> save a self-contained model package.
+feature noise -> calibrate thresholds on training images held back from fitting (core.training.holdout)
+-> save a self-contained model package.
 
 One code path for all regimes: each sample either has a usable mask (good images: empty; defects with a
 mask in mixed/full) and then trains map and score, or it has none (defects in weak, or unmasked defects in
@@ -31,6 +32,7 @@ from core.models.supersimplenet.loss import focal_loss, segmentation_loss
 from core.models.supersimplenet.perlin import perlin_masks
 from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache, build_feature_cache, flip
+from core.training.holdout import DEFAULT_FRACTION, Holdout, calibration_holdout, describe
 
 # Training settings; any of them can be overridden through TrainOptions.extra (e.g. {"epochs_cpu": 20}).
 DEFAULTS: dict = {
@@ -58,6 +60,9 @@ DEFAULTS: dict = {
     "dilation": 7,
     "grad_clip": 1.0,
     "threads": 0,              # torch CPU threads; 0: auto (see _cpu_threads)
+    # Share of each class of the regime's images held back from fitting to set the thresholds on; 0: calibrate
+    # on the fitted images (their scores separate perfectly, so new defects pass as OK: see core.training.holdout)
+    "calibration_fraction": DEFAULT_FRACTION,
 }
 _NETWORK_KEYS = ("feature_scale", "seg_width", "cls_channels", "cls_pool", "smooth_sigma")
 
@@ -73,6 +78,28 @@ class TrainingSet:
     @property
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.float32)
+
+    def subset(self, indices: np.ndarray) -> "TrainingSet":
+        return TrainingSet([self.samples[i] for i in indices], [self.use_mask[i] for i in indices], self.supervision)
+
+
+def split_for_calibration(training: TrainingSet, train_split: list[Sample], fraction: float,
+                          seed: int) -> tuple[TrainingSet, TrainingSet | None, Holdout]:
+    """(fit, calibration, holdout): the regime's samples to fit on and those to set the thresholds on.
+
+    calibration is None when nothing could be held back (the fitted images then calibrate). In the
+    unsupervised regime the train split's defect images never train the network, so they join the held-back
+    good images for calibration (with their masks, for the pixel threshold): an OK threshold needs defects.
+    """
+    holdout = calibration_holdout(training.labels, fraction, seed)
+    if not holdout.used:
+        return training, None, holdout
+    calibration = training.subset(holdout.held)
+    if training.supervision == "unsupervised":
+        unused = [s for s in train_split if s.label == 1]
+        calibration = TrainingSet(calibration.samples + unused,
+                                  calibration.use_mask + [s.mask_path is not None for s in unused], "unsupervised")
+    return training.subset(holdout.fit), calibration, holdout
 
 
 def select_samples(train: list[Sample], supervision: str) -> TrainingSet:
@@ -360,7 +387,8 @@ def _fit(network: SuperSimpleNet, cache: FeatureCache, targets: GridTargets, tra
 @torch.inference_mode()
 def _calibrate(network: SuperSimpleNet, cache: FeatureCache, training: TrainingSet, size: tuple[int, int],
                device: torch.device, batch: int = 32):
-    """Thresholds from the unflipped training features: scores and maps through the trained heads."""
+    """Thresholds from the unflipped features of ``training`` (the held-back images, or the fitted ones when
+    none were held back): scores and maps through the trained heads."""
     views = len(cache.flips)
     scores, maps = [], []
     for start in range(0, cache.num_samples, batch):
@@ -382,7 +410,9 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     rng = np.random.default_rng(options.seed)
     if device.type == "cpu":
         torch.set_num_threads(_cpu_threads(int(settings["threads"])))
-    training = select_samples(dataset.train, options.supervision)
+    training, calibration, holdout = split_for_calibration(
+        select_samples(dataset.train, options.supervision), dataset.train, float(settings["calibration_fraction"]),
+        options.seed)
     if options.backbone == "wide_resnet50_2" and not options.backbone_weights:
         raise TrainingError("backbone wide_resnet50_2 needs --backbone-weights: a torchvision-format "
                             "wide_resnet50_2 state dict file (.safetensors or .pth)")
@@ -420,12 +450,20 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     targets = build_targets(cache, training, int(settings["dilation"]))
     fit = _fit(network, cache, targets, training, settings, options, device, rng, reporter("train", shares["features"]))
     report_calibrate = reporter("calibrate", shares["features"] + shares["train"])
-    report_calibrate(0.0, "calibrating thresholds on the training images")
-    thresholds = _calibrate(network, cache, training, size, device)
+    if calibration is None:
+        report_calibrate(0.0, f"calibrating thresholds on the training images ({holdout.reason})")
+        thresholds = _calibrate(network, cache, training, size, device)
+    else:
+        report_calibrate(0.0, f"calibrating thresholds on {len(calibration.samples)} held-back images")
+        held_cache = build_feature_cache(calibration.samples, network.encode, size, IMAGENET_NORMALISATION, ["none"],
+                                         device=device, on_progress=lambda f: report_calibrate(f, "encoding"),
+                                         check_cancel=options.check_cancel)  # encode() standardises already
+        thresholds = _calibrate(network, held_cache, calibration, size, device)
     meta = new_meta(family=FAMILY, backbone=options.backbone, config=config, input_size=size,
                     normalisation=IMAGENET_NORMALISATION, thresholds=thresholds,
                     dataset={"path": str(Path(dataset.root).resolve()), "hash": dataset.content_hash(),
                              "supervision": options.supervision})
+    meta["calibration"] = describe(holdout, (calibration or training).labels, settings["calibration_fraction"])
     meta["training"] = {**fit, "seed": options.seed, "device": device.type, "flips": list(cache.flips),
                         "images": len(training.samples), "seconds": round(time.monotonic() - started, 1)}
     out = save_package(options.out, network.to("cpu"), meta)
