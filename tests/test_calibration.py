@@ -42,6 +42,20 @@ def test_overlapping_scores_give_a_review_band():
     assert (good >= ng).mean() <= 0.01 and (bad < ok).mean() <= 0.01
 
 
+def test_rates_count_images_so_one_odd_image_does_not_set_a_threshold():
+    good = np.r_[np.linspace(0.0, 0.5, 99), 0.87]        # 100 good images, one of them odd
+    bad = np.r_[0.2, np.linspace(0.55, 1.0, 199)]         # 200 defects, one of them faint
+    labels = np.r_[np.zeros(100), np.ones(200)]
+    ok, ng = image_thresholds(np.r_[good, bad], labels)
+    # 1 % of 100 good images is one image: the odd one may be NG, the next one may not
+    assert 0.5 < ng < 0.87 and (good >= ng).sum() == 1
+    # 1 % of 200 defects is two: the faint one and the next may be missed, no more
+    assert (bad < ok).sum() <= 2 and ok > 0.2
+    # at 0 % nothing may be on the wrong side: the odd images set the thresholds
+    ok0, ng0 = image_thresholds(np.r_[good, bad], labels, miss_rate=0.0, false_alarm_rate=0.0)
+    assert (good >= ng0).sum() == 0 and (bad < ok0).sum() == 0 and ok0 == 0.2
+
+
 def test_without_defects_no_review_band_is_invented():
     ok, ng = image_thresholds(np.linspace(0, 0.5, 100), np.zeros(100))
     assert ok == ng

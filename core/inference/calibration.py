@@ -14,11 +14,13 @@ def image_thresholds(scores: np.ndarray, labels: np.ndarray, *, miss_rate: float
                      false_alarm_rate: float = 0.01) -> tuple[float, float]:
     """(ok, ng) from scores (N,) and labels (N,) in {0, 1}.
 
-    ng: the smallest threshold that keeps false alarms (good images at or above it) within
-    ``false_alarm_rate``; ok: the largest threshold that keeps misses (defects below it) within
-    ``miss_rate``. Scores in [ok, ng) go to REVIEW. When the classes are separable at these rates (ok would
-    lie above ng) both become the middle of the gap and there is no REVIEW band. Without defective images only ng can be
-    derived from the good ones, and ok = ng (no REVIEW band is invented).
+    ng: the smallest threshold with at most ``false_alarm_rate`` of the good images at or above it; ok: the
+    largest threshold with at most ``miss_rate`` of the defects below it. "At most" is counted in images:
+    of 100 good images at 1 %, one may lie at or above ng (``floor(rate * n)`` of them), so a single odd
+    image does not set the threshold on its own. Scores in [ok, ng) go to REVIEW. When the classes are
+    separable at these rates (ok would lie above ng) both become the middle of the gap and there is no
+    REVIEW band. Without defective images only ng can be derived from the good ones, and ok = ng (no REVIEW
+    band is invented).
     """
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
@@ -27,15 +29,22 @@ def image_thresholds(scores: np.ndarray, labels: np.ndarray, *, miss_rate: float
     good, bad = scores[~labels], scores[labels]
     if good.size == 0:
         raise CalibrationError("no good (OK) images to calibrate on")
-    ng = float(np.quantile(good, 1.0 - false_alarm_rate, method="higher"))
+    descending = np.sort(good)[::-1]
+    ng = float(descending[min(_allowed(false_alarm_rate, good.size), good.size - 1)])
     ng = float(np.nextafter(ng, np.inf)) if ng < 1.0 else 1.0
     if bad.size == 0:
         return ng, ng
-    ok = float(np.quantile(bad, miss_rate, method="lower"))
+    ok = float(np.sort(bad)[min(_allowed(miss_rate, bad.size), bad.size - 1)])
     if ok >= ng:
         # Separable at these rates: one cut, in the middle of the gap, for the widest margin both ways.
         ok = ng = 0.5 * (ok + ng)
     return float(np.clip(ok, 0.0, 1.0)), float(np.clip(ng, 0.0, 1.0))
+
+
+def _allowed(rate: float, count: int) -> int:
+    """How many of ``count`` images may fall on the wrong side at ``rate`` (the tolerance absorbs float error:
+    0.29 * 100 is 28.999999999999996)."""
+    return int(np.floor(rate * count + 1e-9))
 
 
 def pixel_threshold(maps: list[np.ndarray], masks: list[np.ndarray | None], *, good_quantile: float = 0.999,
