@@ -198,6 +198,13 @@ def test_pseudo_mask_has_an_ignore_band():
     assert (masks[1] == 1).any()                   # defect image: at least its peak region
     masks, _ = crf_pseudo_masks(images, maps, np.array([0, 1]), background_within=0)
     assert (masks[0] == 0).all() and not (masks[1] == 0).any() and (masks[1] == 1).any()
+    # one value per image: the second defect image (an "unexplained" one) teaches no background
+    three = np.concatenate([maps, maps[1:]])
+    masks, _ = crf_pseudo_masks(np.concatenate([images, images[1:]]), three, np.array([0, 1, 1]),
+                                background_within=[None, None, 0])
+    assert (masks[1] == 0).any() and not (masks[2] == 0).any() and (masks[2] == 1).any()
+    with pytest.raises(ValueError, match="2 values for 3 images"):
+        crf_pseudo_masks(np.concatenate([images, images[1:]]), three, np.array([0, 1, 1]), background_within=[0, 0])
 
 
 def test_limit_background_keeps_background_only_near_the_defect():

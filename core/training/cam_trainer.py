@@ -78,6 +78,9 @@ class CamConfig:
     mask_ring: int = 2
     background_within: int | None = None  # px from the found defect where defect images teach background
                                           # (None: everywhere; 0: nowhere; see crf_pseudo_masks)
+    # the same for defect images whose found region does not explain the defect (still classified defective
+    # after every IEM round: a large or diffuse defect of which the CAM found only a part)
+    unexplained_background_within: int | None = None
     good_per_epoch: int = 0      # good images per segmenter epoch; 0: as many as defect images
     calibration_fraction: float = DEFAULT_FRACTION  # of each class held back to set OK/NG on; 0: none
     threads: int = 2
@@ -226,11 +229,15 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
                                     threshold=cfg.iem_threshold)
     maps = cams.copy()
     maps[defect] = extended
-    stages.end(f"mean rounds {used.mean():.2f}", grown_px=float((extended >= 0.5).mean() - (cams[defect] >= 0.5).mean()))
+    unexplained = np.zeros(len(labels), bool)
+    unexplained[defect] = used >= cfg.iem_rounds   # never classified good however much was inpainted
+    within = [cfg.unexplained_background_within if u else cfg.background_within for u in unexplained]
+    stages.end(f"mean rounds {used.mean():.2f}", grown_px=float((extended >= 0.5).mean() - (cams[defect] >= 0.5).mean()),
+               unexplained=float(unexplained[defect].mean()) if defect.size else 0.0)
 
     stages.begin("crf", f"{len(defect)} defect images")
     masks, _ = crf_pseudo_masks(images, maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
-                                ring=cfg.mask_ring, background_within=cfg.background_within, check_cancel=options.check_cancel,
+                                ring=cfg.mask_ring, background_within=within, check_cancel=options.check_cancel,
                                 on_image=lambda i: stages.update((i + 1) / len(defect)))
     stages.end(**mask_stats(masks, labels))
 
@@ -254,7 +261,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     stages.begin("refine", "CRF on the segmenter's maps")
     _, seg_maps = predict_from_features(model, feats, images, norm, device=device)
     masks2, _ = crf_pseudo_masks(images, seg_maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
-                                 ring=cfg.mask_ring, background_within=cfg.background_within, check_cancel=options.check_cancel,
+                                 ring=cfg.mask_ring, background_within=within, check_cancel=options.check_cancel,
                                  on_image=lambda i: stages.update((i + 1) / len(defect)))
     stages.end(**mask_stats(masks2, labels))
 

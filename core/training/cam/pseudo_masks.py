@@ -1,7 +1,7 @@
 """Soft defect maps -> pseudo masks: dense CRF on each defect image, all background on good images."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -10,7 +10,8 @@ from core.training.cam.crf import IGNORE, dense_crf, pseudo_mask
 
 
 def crf_pseudo_masks(images: np.ndarray, maps: np.ndarray, labels: np.ndarray, *, crf: dict | None = None,
-                     high: float = 0.7, low: float = 0.3, ring: int = 2, background_within: int | None = None,
+                     high: float = 0.7, low: float = 0.3, ring: int = 2,
+                     background_within: int | None | Sequence[int | None] = None,
                      check_cancel: Callable[[], None] = lambda: None,
                      on_image: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """images (N, H, W, 3) uint8, maps (N, H, W) defect probabilities, labels (N,) ->
@@ -20,13 +21,18 @@ def crf_pseudo_masks(images: np.ndarray, maps: np.ndarray, labels: np.ndarray, *
     (>= 0.7 of the maximum) as defect: the image label says there is one.
 
     ``background_within``: how far (pixels) from its confident defect a defect image teaches background;
-    None: everywhere the CRF is confident; 0: nowhere (background then comes from the good images only).
+    None: everywhere the CRF is confident; 0: nowhere (background then comes from the good images only);
+    a sequence: one such value per image (N,).
     Why limit it: large diffuse defects (mtd's "uneven", "fray") get low CAMs over most of their area,
     and the CRF's "confident background" there teaches the segmenter that the defect texture is
     background; a band around the found defect still teaches small defects their outline."""
     masks = np.zeros(maps.shape, np.uint8)
     posteriors = np.zeros(maps.shape, np.float32)
     defect = np.flatnonzero(labels > 0)
+    if isinstance(background_within, (int, type(None))):
+        background_within = [background_within] * len(maps)
+    if len(background_within) != len(maps):
+        raise ValueError(f"background_within has {len(background_within)} values for {len(maps)} images")
     for count, index in enumerate(defect):
         check_cancel()
         q = dense_crf(images[index], maps[index], **(crf or {}))
@@ -35,7 +41,7 @@ def crf_pseudo_masks(images: np.ndarray, maps: np.ndarray, labels: np.ndarray, *
             peak = maps[index] >= 0.7 * float(maps[index].max())
             mask[peak] = 1
             q = np.maximum(q, peak.astype(np.float32))
-        masks[index] = limit_background(mask, background_within)
+        masks[index] = limit_background(mask, background_within[index])
         posteriors[index] = q
         if on_image is not None:
             on_image(count)
