@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from core.data.dataset import open_dataset
 from core.data.synthetic import write_synthetic_dataset
@@ -35,13 +36,15 @@ def test_train_package_load_predict(dataset, tmp_path):
     meta = read_meta(out)
     assert meta["family"] == "cam" and meta["dataset"]["supervision"] == "weak"
     assert len(meta["dataset"]["hash"]) == 64
-    assert set(meta["config"]["stage_seconds"]) == {"load", "features", "dfc", "clm", "gcm", "iem", "crf",
-                                                    "segmenter-1", "refine", "segmenter-2", "calibrate"}
+    assert set(meta["config"]["stage_seconds"]) == {"load", "features", "calibration", "dfc", "clm", "gcm", "iem",
+                                                    "crf", "segmenter-1", "refine", "segmenter-2", "calibrate"}
     assert meta["evaluation"]["train_seconds"] > 0
-    # a quarter of each class (6 good, 5 defect) never trained and set the OK/NG thresholds
+    # a calibration copy trained without a quarter of each class (6 good, 5 defect) set the OK/NG thresholds on
+    # them before the shipped pipeline ran on all images
     assert meta["calibration"] == {"source": "held-out training images", "fraction": 0.25, "good": 6, "defect": 5,
-                                   "note": ""}
+                                   "refit": True, "note": ""}
     stages = [e.stage for e in events]
+    assert stages.index("features") < stages.index("calibration") < stages.index("dfc")
     assert stages.index("dfc") < stages.index("gcm") < stages.index("crf") < stages.index("segmenter-2")
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
@@ -55,6 +58,19 @@ def test_train_package_load_predict(dataset, tmp_path):
     report = evaluate(detector, open_dataset(dataset))
     assert report["image_ap"] > 0.8, report   # planted defects are obvious; the distilled score must see them
     assert report["pixel_ap"] is not None and report["miou"] is not None
+
+
+@pytest.mark.timeout(120)
+def test_holding_back_for_calibration_leaves_the_shipped_segmenter_as_it_would_be(dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    trainer = trainer_for("cam")
+    held = trainer(open_dataset(dataset), TrainOptions(out=tmp_path / "held", epochs=2, extra=FAST), lambda e: None)
+    plain = trainer(open_dataset(dataset), TrainOptions(out=tmp_path / "plain", epochs=2,
+                                                        extra={**FAST, "calibration_fraction": 0.0}), lambda e: None)
+    a, b = load_file(str(held / "weights.safetensors")), load_file(str(plain / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_meta(held)["calibration"]["refit"] and not read_meta(plain)["calibration"]["refit"]
 
 
 def test_cancel_stops_training(dataset, tmp_path):

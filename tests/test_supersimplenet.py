@@ -17,8 +17,9 @@ from core.models.supersimplenet.loss import focal_loss, segmentation_loss, trunc
 from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_noise
 from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
+from core.training.holdout import calibration_holdout
 from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, distance_weights,
-                                                  _settings, grid_targets, perturb, select_samples, split_for_calibration,
+                                                  _settings, calibration_set, grid_targets, perturb, select_samples,
                                                  training_step)
 
 GRID = (32, 32)
@@ -108,24 +109,25 @@ def test_regimes_pick_samples_and_masks(tmp_path):
         select_samples(train[2:], "mixed")
 
 
-def test_held_back_images_calibrate_and_never_fit(tmp_path):
+def test_held_back_images_calibrate_and_the_calibration_copy_never_draws_them(tmp_path):
     train = ([Sample(tmp_path / f"g{i}.png", 0) for i in range(40)]
              + [Sample(tmp_path / f"d{i}.png", 1, tmp_path / f"m{i}.png" if i % 2 else None) for i in range(20)])
-    fit, calibration, holdout = split_for_calibration(select_samples(train, "mixed"), train, 0.25, seed=0)
-    assert holdout.used and len(fit.samples) == 45 and len(calibration.samples) == 15
-    assert not {s.image_path for s in fit.samples} & {s.image_path for s in calibration.samples}
-    assert sum(s.label for s in calibration.samples) == 5
+    mixed = select_samples(train, "mixed")
+    holdout = calibration_holdout(mixed.labels, 0.25, seed=0)
+    calibration = calibration_set(mixed, train, holdout)
+    assert len(calibration.samples) == 15 and sum(s.label for s in calibration.samples) == 5
     # a held-back sample keeps its regime's mask rule
-    assert all(use == (s.label == 0 or s.mask_path is not None) for s, use in zip(calibration.samples,
-                                                                                   calibration.use_mask))
+    assert all(use == (s.label == 0 or s.mask_path is not None)
+               for s, use in zip(calibration.samples, calibration.use_mask))
+    sampler = BalancedSampler(mixed.labels, 8, np.random.default_rng(0), holdout.fit)
+    drawn = np.concatenate([sampler.batch() for _ in range(50)])
+    assert set(drawn.tolist()) == set(holdout.fit.tolist())   # every fitted sample, never a held-back one
+    assert sampler.steps_per_epoch == 6                         # 45 samples in batches of 8
     # unsupervised: defect images never train, so all of them calibrate, next to the held-back good ones
-    fit, calibration, _ = split_for_calibration(select_samples(train, "unsupervised"), train, 0.25, seed=0)
-    assert len(fit.samples) == 30 and all(s.label == 0 for s in fit.samples)
+    unsupervised = select_samples(train, "unsupervised")
+    calibration = calibration_set(unsupervised, train, calibration_holdout(unsupervised.labels, 0.25, seed=0))
     assert sorted(s.label for s in calibration.samples) == [0] * 10 + [1] * 20
     assert sum(calibration.use_mask) == 10 + 10   # good images, and the defects that have masks
-    # too few defects to hold any back: everything fits, nothing is set aside
-    fit, calibration, holdout = split_for_calibration(select_samples(train[:45], "weak"), train[:45], 0.25, seed=0)
-    assert calibration is None and len(fit.samples) == 45 and "5 defect images" in holdout.reason
 
 
 def test_cpu_epochs_follow_the_regime_unless_given(tmp_path):

@@ -2,8 +2,9 @@
 
 Steps: pick the training samples for the regime -> encode every image (and flip) once with the frozen
 backbone (core.training.feature_cache) -> train adaptor + heads on the cached features with Perlin-masked
-feature noise -> calibrate thresholds on training images held back from fitting (core.training.holdout)
--> save a self-contained model package.
+feature noise -> save a self-contained model package. Thresholds (core.training.holdout): a copy of the network
+is first fitted without a held-back share of the images and sets the thresholds on them; the shipped network
+is then fitted on all images, from the same starting state, exactly as without holding back.
 
 One code path for all regimes: each sample either has a usable mask (good images: empty; defects with a
 mask in mixed/full) and then trains map and score, or it has none (defects in weak, or unmasked defects in
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from core.data.dataset import Dataset, Sample
 from core.inference.calibration import calibrate
 from core.inference.detector import resolve_device
 from core.inference.package import new_meta, save_package
+from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.supersimplenet import FAMILY, SuperSimpleNet, make_config
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss
@@ -60,8 +63,9 @@ DEFAULTS: dict = {
     "dilation": 7,
     "grad_clip": 1.0,
     "threads": 0,              # torch CPU threads; 0: auto (see _cpu_threads)
-    # Share of each class of the regime's images held back from fitting to set the thresholds on; 0: calibrate
-    # on the fitted images (their scores separate perfectly, so new defects pass as OK: see core.training.holdout)
+    # Share of each class of the regime's images a calibration copy of the network is fitted without, to set the
+    # thresholds on; 0: set them on the fitted images (their scores separate perfectly, so new defects pass as
+    # OK: see core.training.holdout). The shipped network is fitted on all images either way.
     "calibration_fraction": DEFAULT_FRACTION,
 }
 _NETWORK_KEYS = ("feature_scale", "seg_width", "cls_channels", "cls_pool", "smooth_sigma")
@@ -83,23 +87,16 @@ class TrainingSet:
         return TrainingSet([self.samples[i] for i in indices], [self.use_mask[i] for i in indices], self.supervision)
 
 
-def split_for_calibration(training: TrainingSet, train_split: list[Sample], fraction: float,
-                          seed: int) -> tuple[TrainingSet, TrainingSet | None, Holdout]:
-    """(fit, calibration, holdout): the regime's samples to fit on and those to set the thresholds on.
-
-    calibration is None when nothing could be held back (the fitted images then calibrate). In the
+def calibration_set(training: TrainingSet, train_split: list[Sample], holdout: Holdout) -> TrainingSet:
+    """The samples that set the thresholds: the held-back ones of the regime (their mask rule kept). In the
     unsupervised regime the train split's defect images never train the network, so they join the held-back
-    good images for calibration (with their masks, for the pixel threshold): an OK threshold needs defects.
-    """
-    holdout = calibration_holdout(training.labels, fraction, seed)
-    if not holdout.used:
-        return training, None, holdout
+    good images (with their masks, for the pixel threshold): an OK threshold needs defects."""
     calibration = training.subset(holdout.held)
     if training.supervision == "unsupervised":
         unused = [s for s in train_split if s.label == 1]
         calibration = TrainingSet(calibration.samples + unused,
                                   calibration.use_mask + [s.mask_path is not None for s in unused], "unsupervised")
-    return training.subset(holdout.fit), calibration, holdout
+    return calibration
 
 
 def select_samples(train: list[Sample], supervision: str) -> TrainingSet:
@@ -206,14 +203,17 @@ def build_targets(cache: FeatureCache, training: TrainingSet, dilation: int) -> 
 
 
 class BalancedSampler:
-    """Batches of sample indices; with defect images present, half of each batch are good, half defect."""
+    """Batches of sample indices; with defect images present, half of each batch are good, half defect.
+    ``indices``: the samples to draw from (None: all of ``labels``)."""
 
-    def __init__(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> None:
+    def __init__(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator,
+                 indices: np.ndarray | None = None) -> None:
         self.rng = rng
         self.batch_size = batch_size
-        self.good = np.flatnonzero(labels == 0)
-        self.defect = np.flatnonzero(labels == 1)
-        self.steps_per_epoch = max(1, math.ceil(len(labels) / batch_size))
+        indices = np.arange(len(labels)) if indices is None else np.asarray(indices)
+        self.good = indices[labels[indices] == 0]
+        self.defect = indices[labels[indices] == 1]
+        self.steps_per_epoch = max(1, math.ceil(len(indices) / batch_size))
         self._queues: dict[str, list[int]] = {"good": [], "defect": []}
 
     def _draw(self, kind: str, count: int) -> list[int]:
@@ -343,13 +343,14 @@ def _settings(options: TrainOptions, device: torch.device) -> dict:
 
 def _fit(network: SuperSimpleNet, cache: FeatureCache, targets: GridTargets, training: TrainingSet,
          settings: dict, options: TrainOptions, device: torch.device, rng: np.random.Generator,
-         report) -> dict:
+         report, indices: np.ndarray | None = None) -> dict:
+    """Train adaptor and heads on the cached features of ``indices`` (None: every sample) in place."""
     heads = list(network.seg_head.parameters()) + list(network.cls_head.parameters())
     optimiser = torch.optim.AdamW([
         {"params": network.adaptor.parameters(), "lr": settings["lr_adaptor"]},
         {"params": heads, "lr": settings["lr_heads"], "weight_decay": settings["weight_decay_heads"]},
     ])
-    sampler = BalancedSampler(training.labels, int(settings["batch_size"]), rng)
+    sampler = BalancedSampler(training.labels, int(settings["batch_size"]), rng, indices)
     total = settings["epochs"] * sampler.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimiser, milestones=[int(0.8 * total), int(0.9 * total)], gamma=0.4)
@@ -388,7 +389,7 @@ def _fit(network: SuperSimpleNet, cache: FeatureCache, targets: GridTargets, tra
 def _calibrate(network: SuperSimpleNet, cache: FeatureCache, training: TrainingSet, size: tuple[int, int],
                device: torch.device, batch: int = 32):
     """Thresholds from the unflipped features of ``training`` (the held-back images, or the fitted ones when
-    none were held back): scores and maps through the trained heads."""
+    none could be held back): scores and maps through the trained heads."""
     views = len(cache.flips)
     scores, maps = [], []
     for start in range(0, cache.num_samples, batch):
@@ -401,6 +402,29 @@ def _calibrate(network: SuperSimpleNet, cache: FeatureCache, training: TrainingS
     return calibrate(np.concatenate(scores), training.labels.astype(int), maps, masks)
 
 
+def _calibrate_held_back(network: SuperSimpleNet, cache: FeatureCache, targets: GridTargets, training: TrainingSet,
+                        train_split: list[Sample], holdout: Holdout, settings: dict, options: TrainOptions,
+                        device: torch.device, rng: np.random.Generator, size: tuple[int, int],
+                        report) -> tuple[Thresholds, TrainingSet]:
+    """(thresholds, the samples they were set on): fit a copy of ``network`` without the held-back samples and
+    set the thresholds on them. ``network`` and the random state are left as they were, so the shipped network's
+    fit on all samples is the same whether or not anything was held back."""
+    torch_state, rng_state = torch.get_rng_state(), rng.bit_generator.state
+    calibration_net = deepcopy(network)
+    _fit(calibration_net, cache, targets, training, settings, options, device, rng,
+         lambda f, message="", metrics=None: report(0.95 * f, f"calibration copy, {message}", metrics),
+         indices=holdout.fit)
+    calibration = calibration_set(training, train_split, holdout)
+    report(0.95, f"setting thresholds on {len(calibration.samples)} held-back images")
+    held_cache = build_feature_cache(calibration.samples, calibration_net.encode, size, IMAGENET_NORMALISATION, ["none"],
+                                     device=device, check_cancel=options.check_cancel)  # encode() standardises
+    thresholds = _calibrate(calibration_net, held_cache, calibration, size, device)
+    report(1.0, f"thresholds set on {len(calibration.samples)} held-back images")
+    torch.set_rng_state(torch_state)
+    rng.bit_generator.state = rng_state
+    return thresholds, calibration
+
+
 def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     """Train SuperSimpleNet on ``dataset.train`` with ``options.supervision``; write the package to options.out."""
     started = time.monotonic()
@@ -410,9 +434,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     rng = np.random.default_rng(options.seed)
     if device.type == "cpu":
         torch.set_num_threads(_cpu_threads(int(settings["threads"])))
-    training, calibration, holdout = split_for_calibration(
-        select_samples(dataset.train, options.supervision), dataset.train, float(settings["calibration_fraction"]),
-        options.seed)
+    training = select_samples(dataset.train, options.supervision)
+    holdout = calibration_holdout(training.labels, float(settings["calibration_fraction"]), options.seed)
     if options.backbone == "wide_resnet50_2" and not options.backbone_weights:
         raise TrainingError("backbone wide_resnet50_2 needs --backbone-weights: a torchvision-format "
                             "wide_resnet50_2 state dict file (.safetensors or .pth)")
@@ -424,19 +447,21 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         raise TrainingError(str(exc)) from exc
     size = (int(settings["input_size"][0]), int(settings["input_size"][1]))
 
-    # fractions of the whole run given to each stage (rough cost shares on a CPU)
-    shares = {"features": 0.3, "train": 0.65, "calibrate": 0.05}
+    # (start, share) of the whole run per stage, in the order they run (rough cost shares on a CPU)
+    spans = ({"features": (0.0, 0.2), "calibrate": (0.2, 0.4), "train": (0.6, 0.4)} if holdout.used
+             else {"features": (0.0, 0.3), "train": (0.3, 0.65), "calibrate": (0.95, 0.05)})
 
-    def reporter(stage: str, base: float):
+    def reporter(stage: str):
         stage_clock = EtaClock()
+        base, share = spans[stage]
 
         def report(fraction: float, message: str = "", metrics: dict | None = None) -> None:
             eta = stage_clock.eta(fraction)
-            progress(ProgressEvent(stage=stage, fraction=min(1.0, base + shares[stage] * fraction),
+            progress(ProgressEvent(stage=stage, fraction=min(1.0, base + share * fraction),
                                    message=message, eta_s=eta, metrics=metrics or {}))
         return report
 
-    report_features = reporter("features", 0.0)
+    report_features = reporter("features")
     report_features(0.0, f"encoding {len(training.samples)} images x {len(settings['flips'])} flips "
                          f"with {options.backbone}")
     cache = build_feature_cache(training.samples, network.encode, size, IMAGENET_NORMALISATION,
@@ -448,22 +473,19 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         network.set_feature_statistics(mean, std)
         cache.standardise(mean, network.feature_std.flatten().cpu())
     targets = build_targets(cache, training, int(settings["dilation"]))
-    fit = _fit(network, cache, targets, training, settings, options, device, rng, reporter("train", shares["features"]))
-    report_calibrate = reporter("calibrate", shares["features"] + shares["train"])
-    if calibration is None:
+    report_calibrate = reporter("calibrate")
+    if holdout.used:
+        thresholds, calibrated_on = _calibrate_held_back(network, cache, targets, training, dataset.train, holdout,
+                                                         settings, options, device, rng, size, report_calibrate)
+    fit = _fit(network, cache, targets, training, settings, options, device, rng, reporter("train"))
+    if not holdout.used:
         report_calibrate(0.0, f"calibrating thresholds on the training images ({holdout.reason})")
-        thresholds = _calibrate(network, cache, training, size, device)
-    else:
-        report_calibrate(0.0, f"calibrating thresholds on {len(calibration.samples)} held-back images")
-        held_cache = build_feature_cache(calibration.samples, network.encode, size, IMAGENET_NORMALISATION, ["none"],
-                                         device=device, on_progress=lambda f: report_calibrate(f, "encoding"),
-                                         check_cancel=options.check_cancel)  # encode() standardises already
-        thresholds = _calibrate(network, held_cache, calibration, size, device)
+        thresholds, calibrated_on = _calibrate(network, cache, training, size, device), training
     meta = new_meta(family=FAMILY, backbone=options.backbone, config=config, input_size=size,
                     normalisation=IMAGENET_NORMALISATION, thresholds=thresholds,
                     dataset={"path": str(Path(dataset.root).resolve()), "hash": dataset.content_hash(),
                              "supervision": options.supervision})
-    meta["calibration"] = describe(holdout, (calibration or training).labels, settings["calibration_fraction"])
+    meta["calibration"] = describe(holdout, calibrated_on.labels, settings["calibration_fraction"])
     meta["training"] = {**fit, "seed": options.seed, "device": device.type, "flips": list(cache.flips),
                         "images": len(training.samples), "seconds": round(time.monotonic() - started, 1)}
     out = save_package(options.out, network.to("cpu"), meta)
