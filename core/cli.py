@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", help="torchvision-format weights file for wide_resnet50_2")
     p.add_argument("--paper", action="store_true", help="the papers' full settings (meant for a GPU)")
     p.add_argument("--calibration-fraction", type=_fraction,
-                   help="share of each class of training images held back from fitting to set the OK/NG thresholds "
-                        "on (supersimplenet and cam; default 0.15; 0: set them on the fitted images)")
+                   help="share of each class of training images a calibration copy of the model is fitted without, "
+                        "to set the OK/NG thresholds on; the shipped model is then fitted on all images "
+                        "(supersimplenet and cam; default 0.15; 0: set them on the fitted images, no copy)")
     p.add_argument("--force", action="store_true", help="overwrite an existing model package at --out")
 
     p = sub.add_parser("evaluate", help="evaluate a model package on a dataset's test split; prints JSON")

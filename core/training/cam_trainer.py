@@ -190,7 +190,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     feats = extract_features(backbone, data.images, norm, device=device, check_cancel=options.check_cancel,
                              on_batch=lambda n: stages.update(n / len(samples), f"{n}/{len(samples)}"))
     stages.end()
-    fit = _Pipeline(backbone, channels, cfg, options, device, size, norm)
+    pipeline = _Pipeline(backbone, channels, cfg, options, device, size, norm)
 
     held_cut = None
     if holdout.used:
@@ -198,7 +198,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         inner_total = sum(_WEIGHTS[k] for k in _PIPELINE)
         inner = _Stages(lambda e: stages.update(e.fraction / inner_total, f"{e.stage}: {e.message}"), _WEIGHTS)
         torch_state, rng_state = torch.get_rng_state(), rng.bit_generator.state
-        copy_model, _ = fit.run(data.images[holdout.fit], feats[holdout.fit], labels[holdout.fit], rng, inner)
+        copy_model, _ = pipeline.run(data.images[holdout.fit], feats[holdout.fit], labels[holdout.fit], rng, inner)
         scores, _ = predict_from_features(copy_model, feats[holdout.held], data.images[holdout.held], norm,
                                           device=device)
         held_cut = image_thresholds(scores, labels[holdout.held])
@@ -208,7 +208,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
 
     meta_base = dict(family="cam", backbone=options.backbone, input_size=size, normalisation=norm,
                      dataset={"path": str(dataset.root), "hash": dataset.content_hash(), "supervision": "weak"})
-    model, masks = fit.run(data.images, feats, labels, rng, stages, keep, meta_base)
+    model, masks = pipeline.run(data.images, feats, labels, rng, stages, keep, meta_base)
 
     stages.begin("calibrate", "pixel threshold from the pseudo masks; OK/NG from the "
                  + ("held-back images" if held_cut else f"training images ({holdout.reason})"))
@@ -217,7 +217,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         thresholds = Thresholds(ok=held_cut[0], ng=held_cut[1], pixel=thresholds.pixel)
     stages.end(pixel=thresholds.pixel, ok=thresholds.ok, ng=thresholds.ng)
 
-    config = {"network": fit.network_config, "training": asdict(cfg), "seed": options.seed,
+    config = {"network": pipeline.network_config, "training": asdict(cfg), "seed": options.seed,
               "device": str(device), "stage_seconds": dict(stages.seconds),
               "total_seconds": round(sum(stages.seconds.values()), 1), "stage_cpu_seconds": dict(stages.cpu_seconds),
               "total_cpu_seconds": round(sum(stages.cpu_seconds.values()), 1)}
