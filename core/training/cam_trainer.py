@@ -82,7 +82,8 @@ class CamConfig:
                                           # (None: everywhere; 0: nowhere; see crf_pseudo_masks)
     # the same for defect images whose found region does not explain the defect (still classified defective
     # after every IEM round: a large or diffuse defect of which the CAM found only a part). 0 (teach no
-    # background there) against None, 3 paired seeds on mtd/test: pixel AP 0.179 vs 0.062, mIoU 0.177 vs 0.148
+    # background there) against None, 3 paired seeds on mtd/test: pixel AP 0.171 vs 0.069 and mIoU 0.172 vs
+    # 0.174 trained on all images; pixel AP 0.179 vs 0.062, mIoU 0.177 vs 0.148 on 85 % (docs/results.md)
     unexplained_background_within: int | None = 0
     good_per_epoch: int = 0      # good images per segmenter epoch; 0: as many as defect images
     calibration_fraction: float = DEFAULT_FRACTION  # of each class held back to set OK/NG on; 0: none
