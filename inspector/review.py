@@ -7,7 +7,9 @@ after a tag the selection moves to the next row. A mask can be painted on NG ima
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 
@@ -32,6 +34,10 @@ _FOREGROUND = int(Qt.ItemDataRole.ForegroundRole)
 _ALIGNMENT = int(Qt.ItemDataRole.TextAlignmentRole)
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 _BRUSHES = {name: QBrush(colour(name)) for name in ("OK", "NG", "REVIEW")}
+# Ordering of single-image tags (ReviewPage.tag_current): inspection id -> number of its newest tag request.
+_TAG_NUMBERS = itertools.count(1)
+_TAG_LOCK = threading.Lock()
+_NEWEST_TAG: dict[int, int] = {}
 TIME_RANGES = {"All time": None, "Last hour": timedelta(hours=1), "Last 24 hours": timedelta(days=1),
                "Last 7 days": timedelta(days=7)}
 
@@ -458,13 +464,29 @@ class ReviewView(QWidget):
         if view is None:
             return
         row, db, user = index.row(), self.context.db, self.context.user
+        # An operator can tag the same image twice before the first write lands (N, then G at once). The tasks run
+        # in a thread pool in any order, so each carries a number: only the newest for an image is written (an older
+        # one that comes late is dropped) and shown.
+        number = next(_TAG_NUMBERS)
+        with _TAG_LOCK:
+            _NEWEST_TAG[view.id] = number
 
         def work():
-            db.tag(view.id, label, user, mask=mask)
-            return db.get_inspection(view.id)
+            with _TAG_LOCK:
+                if _NEWEST_TAG.get(view.id) != number:
+                    return None
+                db.tag(view.id, label, user, mask=mask)
+                return db.get_inspection(view.id)
 
-        workers.submit(work, lambda fresh: self._tag_stored(row, fresh),
-                       lambda m: self.context.report(f"The tag was not stored: {m}"), "tag")
+        def stored(fresh) -> None:
+            with _TAG_LOCK:
+                newest = _NEWEST_TAG.get(view.id) == number
+                if newest:
+                    del _NEWEST_TAG[view.id]   # settled; a late older task finds no entry and is dropped too
+            if fresh is not None and newest:
+                self._tag_stored(row, fresh)
+
+        workers.submit(work, stored, lambda m: self.context.report(f"The tag was not stored: {m}"), "tag")
         if row + 1 < self.model.rowCount():
             self.select_row(row + 1)
 

@@ -231,6 +231,34 @@ def _tag_by_verdict(context) -> None:
     context.db.tag_many([r.id for r in rows if r.verdict != "NG"], "OK", user)
 
 
+def test_two_quick_tags_of_one_image_keep_the_second_whatever_order_the_tasks_run(app_window, qtbot, monkeypatch):
+    window, context = app_window
+    window.login("otto", "otto-secret")
+    stream(qtbot, window, context, 3)
+    review = window.show_page("review")
+    qtbot.waitUntil(lambda: review.model.view_at(0) is not None, timeout=WAIT)
+    target = review.model.view_at(0)
+    held: list = []   # the thread pool may run and deliver tasks in any order: hold the tag tasks, run them backwards
+    real_submit = workers.submit
+
+    def hold_tags(fn, on_done=None, on_error=None, name=""):
+        if name == "tag":
+            held.append((fn, on_done))
+        else:
+            real_submit(fn, on_done, on_error, name)
+    monkeypatch.setattr(workers, "submit", hold_tags)
+    for label in ("NG", "OK"):   # the operator presses N, then G, on the same image
+        review.select_row(0)
+        review.tag_current(label)
+    assert len(held) == 2
+    results = [fn() for fn, _ in reversed(held)]        # the newer task's write runs first ...
+    for (_, on_done), result in zip(reversed(held), results):
+        on_done(result)                                   # ... and the older one's answer arrives last
+    assert context.db.get_inspection(target.id).label == "OK"
+    assert review.model.view_at(0).label == "OK"
+    assert window.errors == []
+
+
 def test_retrain_promote_roll_back_and_calibrate(app_window, qtbot, station):
     window, context = app_window
     window.login("eve", "eve-secret")
