@@ -130,6 +130,26 @@ def test_held_back_images_calibrate_and_the_calibration_copy_never_draws_them(tm
     assert sum(calibration.use_mask) == 10 + 10   # good images, and the defects that have masks
 
 
+def test_auto_threads_drop_to_one_while_every_core_is_busy_now():
+    import os
+    import subprocess
+    import sys
+    import time as clock
+
+    from core.training.supersimplenet_trainer import _busy_cores, _cpu_threads
+
+    assert _cpu_threads(3) == 3   # an explicit choice is kept
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        clock.sleep(0.5)
+        assert _busy_cores() >= (os.cpu_count() or 1) - 0.5
+        assert _cpu_threads(0) == 1
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def test_cpu_epochs_follow_the_regime_unless_given(tmp_path):
     cpu = torch.device("cpu")
     epochs = {regime: _settings(TrainOptions(out=tmp_path, supervision=regime), cpu)["epochs"]
