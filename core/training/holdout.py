@@ -2,7 +2,7 @@
 
 A network's scores on the images it was trained on separate good from defect far better than its scores
 on new parts do: on mtd every trained package scored its training images perfectly apart, so the OK and
-NG thresholds met in the middle of a gap that new images do not respect, and 8-13 of 115 test defects
+NG thresholds met in the middle of a gap that new images do not respect, and 8-14 of 115 test defects
 passed as OK. Thresholds set on images the network never trained on see what a new part sees.
 
 So the trainers fit a calibration copy of the network without the held-back images, set the thresholds on

@@ -299,7 +299,7 @@ def _cpu_threads(requested: int) -> int:
 def _busy_cores(interval_s: float = 0.5) -> float:
     """How many cores other work keeps busy now: from /proc/stat over ``interval_s``. The 1-minute load average
     (the fallback where /proc/stat is missing) still counts a run that ended a minute ago: a timed weak run
-    started just after another took one thread and 9 min 46 s instead of about 7."""
+    started just after another took one thread and 9 min 46 s instead of 6 min 34 s."""
     def sample() -> tuple[int, int] | None:
         try:
             with open("/proc/stat") as stat:
