@@ -332,8 +332,9 @@ def test_retrain_promote_roll_back_and_calibrate(app_window, qtbot, station):
     assert record["source"] == "tagged images, on the Calibrate page"
     assert (record["good"], record["defect"]) == (int((labels == 0).sum()), int((labels == 1).sum()))
     calibrate.reload()
-    qtbot.waitUntil(lambda: "Its thresholds were set on" in calibrate.source_label.text(), timeout=WAIT)
-    assert f"{record['defect']} defect tagged images" in calibrate.source_label.text()
+    said = (f"Its thresholds were set on {record['good']} good and {record['defect']} defect tagged images, "
+            "on the Calibrate page.")
+    qtbot.waitUntil(lambda: said in calibrate.source_label.text(), timeout=WAIT)
     assert window.errors == []
 
 
