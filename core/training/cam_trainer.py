@@ -49,7 +49,7 @@ from core.training.cam.images import extract_features, load_images
 from core.training.cam.inpainting import inpaint_extend
 from core.training.cam.pseudo_masks import crf_pseudo_masks, mask_stats
 from core.training.cam.segmenter_training import predict_from_features, train_decoder
-from core.training.holdout import DEFAULT_FRACTION, calibration_holdout, describe
+from core.training.holdout import DEFAULT_FRACTION, calibration_holdout, describe, random_state_kept
 
 
 @dataclass
@@ -198,13 +198,12 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         stages.begin("calibration", f"a copy of the pipeline without {len(holdout.held)} held-back images")
         inner_total = sum(_WEIGHTS[k] for k in _PIPELINE)
         inner = _Stages(lambda e: stages.update(e.fraction / inner_total, f"{e.stage}: {e.message}"), _WEIGHTS)
-        torch_state, rng_state = torch.get_rng_state(), rng.bit_generator.state
-        copy_model, _ = pipeline.run(data.images[holdout.fit], feats[holdout.fit], labels[holdout.fit], rng, inner)
+        with random_state_kept(rng):
+            copy_model, _ = pipeline.run(data.images[holdout.fit], feats[holdout.fit], labels[holdout.fit], rng,
+                                         inner)
         scores, _ = predict_from_features(copy_model, feats[holdout.held], data.images[holdout.held], norm,
                                           device=device)
         held_cut = image_thresholds(scores, labels[holdout.held])
-        torch.set_rng_state(torch_state)
-        rng.bit_generator.state = rng_state
         stages.end(ok=held_cut[0], ng=held_cut[1])
 
     meta_base = dict(family="cam", backbone=options.backbone, input_size=size, normalisation=norm,

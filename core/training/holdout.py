@@ -12,10 +12,12 @@ SuperSimpleNet 0.979 -> 0.967, CAM segmenter 0.975 -> 0.951, 3 seeds each).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
+import torch
 
 from core.training.api import TrainingError
 
@@ -73,3 +75,15 @@ def describe(holdout: Holdout, calibration_labels: Sequence[int] | np.ndarray, f
     return {"source": "held-out training images" if holdout.used else "training images",
             "fraction": float(fraction), "good": int((labels == 0).sum()), "defect": int((labels != 0).sum()),
             "refit": holdout.used, "note": holdout.reason}
+
+
+@contextmanager
+def random_state_kept(rng: np.random.Generator) -> Iterator[None]:
+    """Run the calibration copy's fit inside: torch's CPU generator and ``rng`` are put back afterwards, so the
+    shipped network's fit starts from the state it would have had without the copy."""
+    torch_state, rng_state = torch.get_rng_state(), rng.bit_generator.state
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        rng.bit_generator.state = rng_state

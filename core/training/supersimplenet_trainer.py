@@ -35,7 +35,7 @@ from core.models.supersimplenet.loss import focal_loss, segmentation_loss
 from core.models.supersimplenet.perlin import perlin_masks
 from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache, build_feature_cache, flip
-from core.training.holdout import DEFAULT_FRACTION, Holdout, calibration_holdout, describe
+from core.training.holdout import DEFAULT_FRACTION, Holdout, calibration_holdout, describe, random_state_kept
 
 # Training settings; any of them can be overridden through TrainOptions.extra (e.g. {"epochs_cpu": 20}).
 DEFAULTS: dict = {
@@ -429,19 +429,17 @@ def _calibrate_held_back(network: SuperSimpleNet, cache: FeatureCache, targets: 
     """(thresholds, the samples they were set on): fit a copy of ``network`` without the held-back samples and
     set the thresholds on them. ``network`` and the random state are left as they were, so the shipped network's
     fit on all samples is the same whether or not anything was held back."""
-    torch_state, rng_state = torch.get_rng_state(), rng.bit_generator.state
     calibration_net = deepcopy(network)
-    _fit(calibration_net, cache, targets, training, settings, options, device, rng,
-         lambda f, message="", metrics=None: report(0.95 * f, f"calibration copy, {message}", metrics),
-         indices=holdout.fit)
+    with random_state_kept(rng):
+        _fit(calibration_net, cache, targets, training, settings, options, device, rng,
+             lambda f, message="", metrics=None: report(0.95 * f, f"calibration copy, {message}", metrics),
+             indices=holdout.fit)
     calibration = calibration_set(training, train_split, holdout)
     report(0.95, f"setting thresholds on {len(calibration.samples)} held-back images")
     held_cache = build_feature_cache(calibration.samples, calibration_net.encode, size, IMAGENET_NORMALISATION, ["none"],
                                      device=device, check_cancel=options.check_cancel)  # encode() standardises
     thresholds = _calibrate(calibration_net, held_cache, calibration, size, device)
     report(1.0, f"thresholds set on {len(calibration.samples)} held-back images")
-    torch.set_rng_state(torch_state)
-    rng.bit_generator.state = rng_state
     return thresholds, calibration
 
 
