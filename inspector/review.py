@@ -34,10 +34,50 @@ _FOREGROUND = int(Qt.ItemDataRole.ForegroundRole)
 _ALIGNMENT = int(Qt.ItemDataRole.TextAlignmentRole)
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 _BRUSHES = {name: QBrush(colour(name)) for name in ("OK", "NG", "REVIEW")}
-# Ordering of single-image tags (ReviewPage.tag_current): inspection id -> number of its newest tag request.
-_TAG_NUMBERS = itertools.count(1)
-_TAG_LOCK = threading.Lock()
-_NEWEST_TAG: dict[int, int] = {}
+
+
+class TagOrder:
+    """Keeps tag requests for an image in the order the operator made them.
+
+    An operator can tag the same image twice before the first write lands (N, then G at once; or a bulk tag of a
+    selection, then a single tag of one of its rows). The writes run in a thread pool in any order, so each
+    request takes a number: only the newest request for an image is written (an older one that comes late is
+    dropped) and shown.
+    """
+
+    def __init__(self) -> None:
+        self._numbers = itertools.count(1)
+        self._lock = threading.Lock()
+        self._newest: dict[int, int] = {}   # inspection id -> number of its newest request
+
+    def claim(self, ids: list[int]) -> int:
+        """A new request for ``ids``: its number, which makes it the newest for each of them."""
+        number = next(self._numbers)
+        with self._lock:
+            for inspection_id in ids:
+                self._newest[inspection_id] = number
+        return number
+
+    def write_newest(self, ids: list[int], number: int, write) -> list[int]:
+        """Call ``write(current)`` with the ids whose newest request is still ``number`` (none: no call), under
+        the lock so that no newer request's write can land in between; returns those ids."""
+        with self._lock:
+            current = [i for i in ids if self._newest.get(i) == number]
+            if current:
+                write(current)
+            return current
+
+    def settle(self, ids: list[int], number: int) -> set[int]:
+        """The ids whose newest request is ``number`` (to be shown), forgotten now: a late older request finds
+        no entry and is dropped too."""
+        with self._lock:
+            newest = {i for i in ids if self._newest.get(i) == number}
+            for inspection_id in newest:
+                del self._newest[inspection_id]
+            return newest
+
+
+TAG_ORDER = TagOrder()
 TIME_RANGES = {"All time": None, "Last hour": timedelta(hours=1), "Last 24 hours": timedelta(days=1),
                "Last 7 days": timedelta(days=7)}
 
@@ -464,26 +504,14 @@ class ReviewView(QWidget):
         if view is None:
             return
         row, db, user = index.row(), self.context.db, self.context.user
-        # An operator can tag the same image twice before the first write lands (N, then G at once). The tasks run
-        # in a thread pool in any order, so each carries a number: only the newest for an image is written (an older
-        # one that comes late is dropped) and shown.
-        number = next(_TAG_NUMBERS)
-        with _TAG_LOCK:
-            _NEWEST_TAG[view.id] = number
+        number = TAG_ORDER.claim([view.id])
 
         def work():
-            with _TAG_LOCK:
-                if _NEWEST_TAG.get(view.id) != number:
-                    return None
-                db.tag(view.id, label, user, mask=mask)
-                return db.get_inspection(view.id)
+            written = TAG_ORDER.write_newest([view.id], number, lambda _ids: db.tag(view.id, label, user, mask=mask))
+            return db.get_inspection(view.id) if written else None
 
         def stored(fresh) -> None:
-            with _TAG_LOCK:
-                newest = _NEWEST_TAG.get(view.id) == number
-                if newest:
-                    del _NEWEST_TAG[view.id]   # settled; a late older task finds no entry and is dropped too
-            if fresh is not None and newest:
+            if TAG_ORDER.settle([view.id], number) and fresh is not None:
                 self._tag_stored(row, fresh)
 
         workers.submit(work, stored, lambda m: self.context.report(f"The tag was not stored: {m}"), "tag")
@@ -504,15 +532,23 @@ class ReviewView(QWidget):
         if not views:
             return
         db, user = self.context.db, self.context.user
+        ids = [view.id for _, view in views]
+        number = TAG_ORDER.claim(ids)
 
         def work():
-            changed = db.tag_many([view.id for _, view in views], label, user)
-            return changed, [(row, db.get_inspection(view.id)) for row, view in views]
+            changed = [0]
+
+            def write(current: list[int]) -> None:
+                changed[0] = db.tag_many(current, label, user)
+            TAG_ORDER.write_newest(ids, number, write)
+            return changed[0], [(row, db.get_inspection(view.id)) for row, view in views]
 
         def done(result) -> None:
             changed, fresh = result
+            newest = TAG_ORDER.settle(ids, number)
             for row, view in fresh:
-                self.model.replace_view(row, view)
+                if view.id in newest:
+                    self.model.replace_view(row, view)
             self.context.tell(f"{changed} inspection(s) tagged {label}.")
             self.context.tags_changed.emit()
 

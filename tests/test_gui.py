@@ -231,31 +231,66 @@ def _tag_by_verdict(context) -> None:
     context.db.tag_many([r.id for r in rows if r.verdict != "NG"], "OK", user)
 
 
+def _hold_tag_tasks(monkeypatch) -> list:
+    """Hold the review page's tag tasks (single and bulk) instead of running them; other tasks run as usual."""
+    held: list = []
+    real_submit = workers.submit
+
+    def hold_tags(fn, on_done=None, on_error=None, name=""):
+        if name in ("tag", "tag-many"):
+            held.append((fn, on_done))
+        else:
+            real_submit(fn, on_done, on_error, name)
+    monkeypatch.setattr(workers, "submit", hold_tags)
+    return held
+
+
+def _run_backwards(held: list) -> None:
+    """The thread pool may run and deliver tasks in any order: the newest task's write runs first, the oldest
+    one's answer arrives last."""
+    results = [fn() for fn, _ in reversed(held)]
+    for (_, on_done), result in zip(reversed(held), results):
+        on_done(result)
+
+
 def test_two_quick_tags_of_one_image_keep_the_second_whatever_order_the_tasks_run(app_window, qtbot, monkeypatch):
     window, context = app_window
     window.login("otto", "otto-secret")
     stream(qtbot, window, context, 3)
     review = window.show_page("review")
-    qtbot.waitUntil(lambda: review.model.view_at(0) is not None, timeout=WAIT)
-    target = review.model.view_at(0)
-    held: list = []   # the thread pool may run and deliver tasks in any order: hold the tag tasks, run them backwards
-    real_submit = workers.submit
-
-    def hold_tags(fn, on_done=None, on_error=None, name=""):
-        if name == "tag":
-            held.append((fn, on_done))
-        else:
-            real_submit(fn, on_done, on_error, name)
-    monkeypatch.setattr(workers, "submit", hold_tags)
+    qtbot.waitUntil(lambda: review.model.view_at(2) is not None, timeout=WAIT)
+    first, second = review.model.view_at(0), review.model.view_at(1)
+    held = _hold_tag_tasks(monkeypatch)
     for label in ("NG", "OK"):   # the operator presses N, then G, on the same image
         review.select_row(0)
         review.tag_current(label)
     assert len(held) == 2
-    results = [fn() for fn, _ in reversed(held)]        # the newer task's write runs first ...
-    for (_, on_done), result in zip(reversed(held), results):
-        on_done(result)                                   # ... and the older one's answer arrives last
-    assert context.db.get_inspection(target.id).label == "OK"
+    _run_backwards(held)
+    assert context.db.get_inspection(first.id).label == "OK"
     assert review.model.view_at(0).label == "OK"
+    # a bulk NG of rows 0 and 1, then a single OK of row 0: row 0 ends OK, row 1 NG
+    held.clear()
+    review.select_row(0)
+    review.table.selectionModel().select(review.model.index(1, 0), review.table.selectionModel().SelectionFlag.Select
+                                         | review.table.selectionModel().SelectionFlag.Rows)
+    review.tag_selected("NG")
+    review.select_row(0)
+    review.tag_current("OK")
+    assert len(held) == 2
+    _run_backwards(held)
+    assert [context.db.get_inspection(v.id).label for v in (first, second)] == ["OK", "NG"]
+    assert [review.model.view_at(row).label for row in (0, 1)] == ["OK", "NG"]
+    # a single NG of row 1, then a bulk OK of rows 0 and 1: both end OK
+    held.clear()
+    review.select_row(1)
+    review.tag_current("NG")
+    review.select_row(0)
+    review.table.selectionModel().select(review.model.index(1, 0), review.table.selectionModel().SelectionFlag.Select
+                                         | review.table.selectionModel().SelectionFlag.Rows)
+    review.tag_selected("OK")
+    _run_backwards(held)
+    assert [context.db.get_inspection(v.id).label for v in (first, second)] == ["OK", "OK"]
+    assert [review.model.view_at(row).label for row in (0, 1)] == ["OK", "OK"]
     assert window.errors == []
 
 
