@@ -17,10 +17,10 @@ from core.models.supersimplenet.loss import focal_loss, segmentation_loss, trunc
 from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_noise
 from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
-from core.training.holdout import calibration_holdout
-from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, distance_weights,
-                                                  _settings, calibration_set, grid_targets, perturb, select_samples,
-                                                 training_step)
+from core.training.holdout import Holdout, calibration_holdout
+from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, TrainingSet, _settings,
+                                                  calibration_set, distance_weights, grid_targets, perturb,
+                                                  select_samples, training_step)
 
 GRID = (32, 32)
 
@@ -128,6 +128,42 @@ def test_held_back_images_calibrate_and_the_calibration_copy_never_draws_them(tm
     calibration = calibration_set(unsupervised, train, calibration_holdout(unsupervised.labels, 0.25, seed=0))
     assert sorted(s.label for s in calibration.samples) == [0] * 10 + [1] * 20
     assert sum(calibration.use_mask) == 10 + 10   # good images, and the defects that have masks
+
+
+def test_held_back_features_come_from_the_training_cache_and_only_unseen_images_are_encoded(tmp_path):
+    import cv2
+
+    from core.training.supersimplenet_trainer import _held_back_features
+
+    for name in ("g0", "g1", "g2", "g3", "d0", "d1"):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((8, 8, 3), 100, np.uint8))
+    cv2.imwrite(str(tmp_path / "m0.png"), np.pad(np.full((4, 4), 255, np.uint8), 2))
+    train = ([Sample(tmp_path / f"g{i}.png", 0) for i in range(4)]
+             + [Sample(tmp_path / "d0.png", 1, tmp_path / "m0.png"), Sample(tmp_path / "d1.png", 1)])
+    # a training cache of the good images, 2 views each; row r holds the value r so rows can be traced
+    good = select_samples(train, "unsupervised")
+    cache = FeatureCache(features=torch.arange(8, dtype=torch.float16).view(8, 1, 1, 1).expand(8, 2, 2, 2).clone(),
+                         flips=("none", "h"), masks=[np.zeros((4, 4), bool)] * 4)
+    holdout = Holdout(fit=np.array([0, 2]), held=np.array([1, 3]), reason="")
+    encoded = []
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        encoded.append(batch.shape[0])
+        return torch.full((batch.shape[0], 2, 2, 2), -1.0)
+
+    options = TrainOptions(out=tmp_path / "out")
+    # unsupervised: the held-back good images' unflipped rows (2 and 6), then the two defect images, encoded now
+    calibration = calibration_set(good, train, holdout)
+    held = _held_back_features(cache, holdout, calibration, encode, (4, 4), torch.device("cpu"), options)
+    assert held.flips == ("none",) and held.num_samples == 4
+    assert held.features[:, 0, 0, 0].tolist() == [2.0, 6.0, -1.0, -1.0]
+    assert encoded == [1, 1]                              # the two unseen images, unflipped, nothing else
+    assert held.masks[2].any() and held.masks[3] is None  # d0's mask at the input size; d1 has none
+    # a regime whose held-back images are all in the cache encodes nothing
+    encoded.clear()
+    weak_calibration = TrainingSet([train[1], train[3]], [True, True], "weak")
+    held = _held_back_features(cache, holdout, weak_calibration, encode, (4, 4), torch.device("cpu"), options)
+    assert encoded == [] and held.features[:, 0, 0, 0].tolist() == [2.0, 6.0]
 
 
 def test_auto_threads_drop_to_one_while_every_core_is_busy_now():

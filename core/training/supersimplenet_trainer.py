@@ -422,6 +422,21 @@ def _calibrate(network: SuperSimpleNet, cache: FeatureCache, training: TrainingS
     return calibrate(np.concatenate(scores), training.labels.astype(int), maps, masks)
 
 
+def _held_back_features(cache: FeatureCache, holdout: Holdout, calibration: TrainingSet, encode,
+                        size: tuple[int, int], device: torch.device, options: TrainOptions) -> FeatureCache:
+    """Unflipped features of ``calibration``: the held-back samples' rows of the (standardised) training cache,
+    then, encoded now, the samples that never entered it (unsupervised: the train split's defect images,
+    which ``calibration_set`` puts after the held-back ones)."""
+    rows = torch.from_numpy(holdout.held) * len(cache.flips)  # view 0 is the unflipped one (checked in _fit)
+    features, masks = cache.features[rows], [cache.masks[i] for i in holdout.held]
+    unseen = calibration.samples[len(holdout.held):]
+    if unseen:
+        extra = build_feature_cache(unseen, encode, size, IMAGENET_NORMALISATION, ["none"], device=device,
+                                    check_cancel=options.check_cancel)  # encode() standardises
+        features, masks = torch.cat([features, extra.features]), masks + extra.masks
+    return FeatureCache(features=features, flips=("none",), masks=masks)
+
+
 def _calibrate_held_back(network: SuperSimpleNet, cache: FeatureCache, targets: GridTargets, training: TrainingSet,
                         train_split: list[Sample], holdout: Holdout, settings: dict, options: TrainOptions,
                         device: torch.device, rng: np.random.Generator, size: tuple[int, int],
@@ -436,8 +451,7 @@ def _calibrate_held_back(network: SuperSimpleNet, cache: FeatureCache, targets: 
              indices=holdout.fit)
     calibration = calibration_set(training, train_split, holdout)
     report(0.95, f"setting thresholds on {len(calibration.samples)} held-back images")
-    held_cache = build_feature_cache(calibration.samples, calibration_net.encode, size, IMAGENET_NORMALISATION, ["none"],
-                                     device=device, check_cancel=options.check_cancel)  # encode() standardises
+    held_cache = _held_back_features(cache, holdout, calibration, calibration_net.encode, size, device, options)
     thresholds = _calibrate(calibration_net, held_cache, calibration, size, device)
     report(1.0, f"thresholds set on {len(calibration.samples)} held-back images")
     return thresholds, calibration
