@@ -3,9 +3,10 @@
 Usage:
     .venv/bin/python benchmarks/train_eval_runs.py RUNS.json [--out-root runs/ssn] [--threads 2]
 
-RUNS.json is a list of runs, each {"name", "supervision", "family"?, "seed"?, "epochs"?, "extra"?, "dataset"?}
-("family" defaults to supersimplenet, "dataset" to ../shared/datasets/mtd; "extra" is TrainOptions.extra, e.g.
-{"noise_std": 0.35}, the settings the CLI has no flag for).
+RUNS.json is a list of runs, each {"name", "supervision", "family"?, "backbone"?, "seed"?, "epochs"?, "extra"?,
+"dataset"?} ("family" defaults to supersimplenet, "backbone" to efficientnet_lite0, "dataset" to
+../shared/datasets/mtd; "extra" is TrainOptions.extra, e.g. {"noise_std": 0.35}, the settings the CLI has no
+flag for).
 Each run is exactly `inspector train DATASET --family F --supervision S --seed N --out OUT_ROOT/NAME` (same train()
 call, same options) followed by `inspector evaluate` on the dataset's test split, whose report is written
 to OUT_ROOT/NAME/eval.json; one summary line per run goes to stdout. Runs whose eval.json exists are skipped,
@@ -28,6 +29,7 @@ import core.training.supersimplenet_trainer as trainer
 from core.data.dataset import open_dataset
 from core.evaluation import evaluate
 from core.inference.detector import Detector
+from core.models.backbones import DEFAULT_BACKBONE
 from core.training.api import TrainOptions, trainer_for
 from core.training.feature_cache import FeatureCache
 
@@ -46,8 +48,9 @@ def reuse_features(build):
         network = getattr(encode, "__self__", None)
         statistics = (() if network is None else
                       (float(network.feature_mean.double().sum()), float(network.feature_std.double().sum())))
-        key = (tuple((str(s.image_path.resolve()), s.mask_path is not None) for s in samples), tuple(flips),
-               tuple(size), statistics)
+        backbone = None if network is None else network.config["backbone"]
+        key = (backbone, tuple((str(s.image_path.resolve()), s.mask_path is not None) for s in samples),
+               tuple(flips), tuple(size), statistics)
         if key not in encoded:
             encoded[key] = build(samples, encode, size, normalisation, flips, *args, **kwargs)
         cache = encoded[key]
@@ -71,6 +74,7 @@ def main() -> int:
         root = run.get("dataset", DEFAULT_DATASET)
         dataset = datasets.setdefault(root, open_dataset(root))
         options = TrainOptions(out=out, supervision=run["supervision"], epochs=run.get("epochs"), device="cpu",
+                               backbone=run.get("backbone", DEFAULT_BACKBONE),
                                seed=run.get("seed", 0), extra={"threads": args.threads, **run.get("extra", {})})
         start = time.perf_counter()
         trainer_for(run.get("family", "supersimplenet"))(dataset, options, lambda event: None)

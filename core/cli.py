@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from core.models.backbone_names import BACKBONES, DEFAULT_BACKBONE
 from core.reporting import emit_json
 
 SUBCOMMANDS = ("train", "evaluate", "predict", "bench", "run", "export")
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, help="training epochs (default: the family's CPU setting)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backbone", default="efficientnet_lite0", choices=("efficientnet_lite0", "wide_resnet50_2"))
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=BACKBONES,
+                   help="frozen ImageNet backbone (default %(default)s; Lite1/Lite2 are larger and slower)")
     p.add_argument("--backbone-weights", help="torchvision-format weights file for wide_resnet50_2")
     p.add_argument("--paper", action="store_true", help="the papers' full settings (meant for a GPU)")
     p.add_argument("--calibration-fraction", type=_fraction,

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from core.models.backbone_names import DEFAULT_BACKBONE, LITE_BACKBONES
+
 PIXEL_FORMATS = ("auto", "Mono8", "Mono16", "RGB8", "BGR8", "RGBa8", "BayerRG8", "BayerGR8", "BayerGB8", "BayerBG8")
 TRIGGER_MODES = ("free-run", "software", "hardware")
 FAMILIES = ("baseline", "supersimplenet", "cam")
@@ -44,6 +46,7 @@ class ModelSettings:
     device: str = "auto"
     retrain_family: str = "baseline"
     retrain_supervision: str = "weak"
+    retrain_backbone: str = DEFAULT_BACKBONE  # an EfficientNet-Lite size (wide_resnet50_2 needs a weights file)
     retrain_epochs: int | None = None  # None = the family's default
     test_fraction: float = 0.25        # part of the tagged images held back for evaluation
     ok_threshold: float | None = None  # None = use the active model's thresholds
@@ -114,6 +117,7 @@ class Settings:
         _check_choice("model.device", mod.device, DEVICES)
         _check_choice("model.retrain_family", mod.retrain_family, FAMILIES)
         _check_choice("model.retrain_supervision", mod.retrain_supervision, SUPERVISIONS)
+        _check_choice("model.retrain_backbone", mod.retrain_backbone, LITE_BACKBONES)
         if mod.retrain_epochs is not None and (not isinstance(mod.retrain_epochs, int) or isinstance(mod.retrain_epochs, bool)
                                                or not 1 <= mod.retrain_epochs <= 10_000):
             raise SettingsError(f"model.retrain_epochs: must be an integer 1..10000 or null, got {mod.retrain_epochs!r}")

@@ -281,7 +281,7 @@ class ModelPage(QWidget):
             self._append_log(f"exported tagged images to {dataset_dir}: " +
                              ", ".join(f"{k} {v}" for k, v in counts.items()))
             spec = JobSpec(dataset=dataset_dir, family=family, out=package_dir,
-                           supervision=supervision,
+                           supervision=supervision, backbone=settings.model.retrain_backbone,
                            epochs=settings.model.retrain_epochs, device=settings.model.device,
                            compare_with=compare_with if compare_with and compare_with.is_dir() else None)
             self.job = TrainingJob(spec)

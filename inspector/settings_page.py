@@ -10,6 +10,7 @@ import copy
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
+from core.models.backbone_names import LITE_BACKBONES
 from core.settings import (DEVICES, FAMILIES, PIXEL_FORMATS, SUPERVISIONS, TRIGGER_MODES, Settings,
                            SettingsError)
 
@@ -85,6 +86,7 @@ class SettingsPage(QWidget):
         self.device_box = _combo(DEVICES)
         self.family = _combo(FAMILIES)
         self.supervision = _combo(SUPERVISIONS)
+        self.backbone = _combo(LITE_BACKBONES)
         self.epochs_set = QCheckBox("set")
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 10_000)
@@ -112,6 +114,7 @@ class SettingsPage(QWidget):
         form.addRow("Inference device", self.device_box)
         form.addRow("Retrain family", self.family)
         form.addRow("Retrain supervision", self.supervision)
+        form.addRow("Retrain backbone", self.backbone)
         form.addRow("Retrain epochs", epochs_box)
         form.addRow("Held back for evaluation", self.test_fraction)
         form.addRow(self.thresholds_set)
@@ -203,6 +206,7 @@ class SettingsPage(QWidget):
         self.device_box.setCurrentText(mod.device)
         self.family.setCurrentText(mod.retrain_family)
         self.supervision.setCurrentText(mod.retrain_supervision)
+        self.backbone.setCurrentText(mod.retrain_backbone)
         self.epochs_set.setChecked(mod.retrain_epochs is not None)
         self.epochs.setValue(mod.retrain_epochs or 10)
         self.test_fraction.setValue(mod.test_fraction)
@@ -228,6 +232,7 @@ class SettingsPage(QWidget):
         mod.device = self.device_box.currentText()
         mod.retrain_family = self.family.currentText()
         mod.retrain_supervision = self.supervision.currentText()
+        mod.retrain_backbone = self.backbone.currentText()
         mod.retrain_epochs = self.epochs.value() if self.epochs_set.isChecked() else None
         mod.test_fraction = round(self.test_fraction.value(), 3)
         if self.thresholds_set.isChecked():

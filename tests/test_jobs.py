@@ -87,3 +87,13 @@ def test_compare_with_evaluates_the_other_package_on_the_same_images_without_tou
     assert job.compare_figures["counts"]["images"] == 8  # the same 4 + 4 test images the new model saw
     assert (tmp_path / "a" / "model.json").read_bytes() == before
     assert any(m.kind == "compare" for m in messages)
+
+
+def test_the_retrain_backbone_reaches_the_package(tiny_dataset, tmp_path):
+    job = TrainingJob(JobSpec(dataset=tiny_dataset, family="supersimplenet", out=tmp_path / "pkg",
+                              backbone="efficientnet_lite1", epochs=1, evaluate=False, threads=1,
+                              extra={"input_size": [64, 64]}))
+    job.start()
+    assert job.wait(timeout=120) is JobState.DONE, job.error
+    meta = read_meta(job.result)
+    assert meta["backbone"] == meta["config"]["backbone"] == "efficientnet_lite1"

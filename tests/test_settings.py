@@ -16,6 +16,7 @@ def test_round_trip(tmp_path):
     settings.camera.source = "folder:/data/images"
     settings.camera.roi = [0, 8, 320, 240]
     settings.model.retrain_family = "supersimplenet"
+    settings.model.retrain_backbone = "efficientnet_lite2"
     settings.model.ok_threshold, settings.model.ng_threshold = 0.3, 0.7
     settings.storage.ok_sampling = 0.5
     path = save_settings(settings, tmp_path / "sub" / "settings.json")
@@ -38,6 +39,7 @@ def test_shipped_defaults_match_code():
     ({"camera": {"roi": [0, 0, 8, 8]}}, "camera.roi"),
     ({"camera": {"trigger": "sometimes"}}, "camera.trigger"),
     ({"model": {"retrain_family": "resnet"}}, "model.retrain_family"),
+    ({"model": {"retrain_backbone": "wide_resnet50_2"}}, "model.retrain_backbone"),
     ({"model": {"ok_threshold": 0.8, "ng_threshold": 0.2}}, "must not exceed"),
     ({"model": {"ok_threshold": 0.8}}, "set both or neither"),
     ({"storage": {"ok_sampling": 2}}, "storage.ok_sampling: must be <= 1.0"),

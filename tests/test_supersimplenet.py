@@ -372,6 +372,7 @@ def test_wrong_shapes_are_rejected(tmp_path):
     (lambda m: m.update(format_version=99), "newer"),
     (lambda m: m["config"].pop("seg_width"), "cannot build"),
     (lambda m: m.update(backbone="wide_resnet50_2"), "cannot build"),
+    (lambda m: [d.update(backbone="resnet18") for d in (m, m["config"])], "cannot build.*unknown backbone 'resnet18'"),
 ])
 def test_bad_meta_is_rejected_with_a_clear_message(tmp_path, edit, message):
     path, _ = _package(tmp_path)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.inference.result import Thresholds
+from core.models.backbones import BackboneError
 from core.models.registry import build_network
 from core.version import __version__
 
@@ -129,7 +130,7 @@ def load_package(package_dir: str | Path) -> LoadedPackage:
         raise PackageError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
     try:
         network = build_network(meta)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, BackboneError) as exc:
         raise PackageError(f"{path / META_FILE}: cannot build a {meta['family']!r} network from its config: {exc}") from exc
     _check_state(network, tensors, weights_path)
     network.load_state_dict(tensors, strict=True)

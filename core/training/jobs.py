@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from core.models.backbone_names import DEFAULT_BACKBONE
 from core.training.api import ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class JobSpec:
     family: str
     out: Path
     supervision: str = "weak"
+    backbone: str = DEFAULT_BACKBONE
     epochs: int | None = None
     device: str = "auto"
     seed: int = 0
@@ -217,7 +219,8 @@ def _child_main(spec_data: dict, out_queue, cancel_event) -> None:
         send("log", f"train split: {counts['good']} good, {counts['defect']} defect "
                     f"({counts['segmented']} with masks)")
         train = trainer_for(spec.family)
-        options = TrainOptions(out=spec.out, supervision=spec.supervision, epochs=spec.epochs, device=spec.device,
+        options = TrainOptions(out=spec.out, supervision=spec.supervision, backbone=spec.backbone, epochs=spec.epochs,
+                               device=spec.device,
                                seed=spec.seed, extra=dict(spec.extra), cancel=cancel_event)
         # Training covers 0..0.9 of the bar when an evaluation follows, so the bar never jumps back.
         share = 0.9 if spec.evaluate else 1.0
