@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=BACKBONES,
-                   help="frozen ImageNet backbone (default %(default)s; Lite1/Lite2 are larger and slower)")
+                   help="frozen ImageNet backbone (default %(default)s; efficientnet_lite1 drew better weak-supervision "
+                        "maps on mtd at the same latency, see docs/results.md)")
     p.add_argument("--backbone-weights", help="torchvision-format weights file for wide_resnet50_2")
     p.add_argument("--paper", action="store_true", help="the papers' full settings (meant for a GPU)")
     p.add_argument("--calibration-fraction", type=_fraction,
