@@ -220,8 +220,7 @@ def _child_main(spec_data: dict, out_queue, cancel_event) -> None:
                     f"({counts['segmented']} with masks)")
         train = trainer_for(spec.family)
         options = TrainOptions(out=spec.out, supervision=spec.supervision, backbone=spec.backbone, epochs=spec.epochs,
-                               device=spec.device,
-                               seed=spec.seed, extra=dict(spec.extra), cancel=cancel_event)
+                               device=spec.device, seed=spec.seed, extra=dict(spec.extra), cancel=cancel_event)
         # Training covers 0..0.9 of the bar when an evaluation follows, so the bar never jumps back.
         share = 0.9 if spec.evaluate else 1.0
         last_sent = [0.0, ""]
