@@ -309,10 +309,11 @@ def _busy_cores(interval_s: float = 0.5) -> float:
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle + iowait
         return sum(fields), idle
     first = sample()
-    if first is None:
+    if first is not None:
+        time.sleep(interval_s)
+    second = None if first is None else sample()
+    if second is None:
         return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    time.sleep(interval_s)
-    second = sample()
     total, idle = second[0] - first[0], second[1] - first[1]
     return 0.0 if total <= 0 else (os.cpu_count() or 1) * (total - idle) / total
 
