@@ -25,25 +25,19 @@ import torch.nn.functional as F
 
 from core.data.dataset import open_dataset
 from core.metrics import average_precision, auroc
-from core.models.backbone_names import BACKBONES, DEFAULT_BACKBONE
+from core.models.backbone_names import DEFAULT_BACKBONE, LITE_BACKBONES
 from core.models.backbones import IMAGENET_NORMALISATION, build_backbone
 from core.models.supersimplenet.torch_model import FeatureAggregator
-from core.training.feature_cache import preprocess, resize_mask
+from core.training.feature_cache import FeatureCache, build_feature_cache
 
 SIZE = (256, 256)
 DEFAULT_DATASET = str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd")
 
 
-@torch.inference_mode()
-def encode(samples, backbone, aggregator) -> tuple[torch.Tensor, list]:
-    """(N, C, 32, 32) float32 features of the samples, and their masks at the input size (None: none)."""
-    features, masks = [], []
-    for sample in samples:
-        image, mask = sample.load()
-        x = torch.from_numpy(preprocess(image, SIZE, IMAGENET_NORMALISATION))[None]
-        features.append(aggregator(backbone(x))[0])
-        masks.append(None if mask is None else resize_mask(mask, SIZE))
-    return torch.stack(features), masks
+def encode(samples, backbone, aggregator) -> FeatureCache:
+    """The samples' (N, C, 32, 32) features as SuperSimpleNet's training caches them (float16, unflipped,
+    not standardised), and their masks at the input size (None: none)."""
+    return build_feature_cache(samples, lambda x: aggregator(backbone(x)), SIZE, IMAGENET_NORMALISATION)
 
 
 @torch.inference_mode()
@@ -61,7 +55,7 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 40
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", nargs="?", default=DEFAULT_DATASET)
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=[b for b in BACKBONES if "lite" in b])
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=LITE_BACKBONES)
     parser.add_argument("--bank", type=float, default=0.1, help="share of good training patches kept (default 0.1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -69,9 +63,10 @@ def main() -> int:
     dataset = open_dataset(args.dataset)
     backbone, aggregator = build_backbone(args.backbone), FeatureAggregator(1)
     started = time.perf_counter()
-    train, _ = encode([s for s in dataset.train if s.label == 0], backbone, aggregator)
+    train = encode([s for s in dataset.train if s.label == 0], backbone, aggregator).features.float()
     test_samples = list(dataset.test)
-    test, masks = encode(test_samples, backbone, aggregator)
+    test_cache = encode(test_samples, backbone, aggregator)
+    test, masks = test_cache.features.float(), test_cache.masks
     channels, grid = train.shape[1], train.shape[-2:]
     patches = train.permute(0, 2, 3, 1).reshape(-1, channels)
     bank = patches[torch.randperm(patches.shape[0])[: int(args.bank * patches.shape[0])]]
