@@ -12,6 +12,7 @@ import logging
 import threading
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
+from typing import Callable, TypeVar
 
 import numpy as np
 import pyqtgraph as pg
@@ -34,6 +35,8 @@ _FOREGROUND = int(Qt.ItemDataRole.ForegroundRole)
 _ALIGNMENT = int(Qt.ItemDataRole.TextAlignmentRole)
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 _BRUSHES = {name: QBrush(colour(name)) for name in ("OK", "NG", "REVIEW")}
+
+T = TypeVar("T")
 
 
 class TagOrder:
@@ -58,14 +61,13 @@ class TagOrder:
                 self._newest[inspection_id] = number
         return number
 
-    def write_newest(self, ids: list[int], number: int, write) -> list[int]:
+    def write_newest(self, ids: list[int], number: int, write: Callable[[list[int]], T]) -> tuple[list[int], T | None]:
         """Call ``write(current)`` with the ids whose newest request is still ``number`` (none: no call), under
-        the lock so that no newer request's write can land in between; returns those ids."""
+        the lock so that no newer request's write can land in between; returns (those ids, what write returned
+        or None when it was not called)."""
         with self._lock:
             current = [i for i in ids if self._newest.get(i) == number]
-            if current:
-                write(current)
-            return current
+            return current, (write(current) if current else None)
 
     def settle(self, ids: list[int], number: int) -> set[int]:
         """The ids whose newest request is ``number`` (to be shown), forgotten now: a late older request finds
@@ -507,7 +509,7 @@ class ReviewView(QWidget):
         number = TAG_ORDER.claim([view.id])
 
         def work():
-            written = TAG_ORDER.write_newest([view.id], number, lambda _ids: db.tag(view.id, label, user, mask=mask))
+            written, _ = TAG_ORDER.write_newest([view.id], number, lambda _ids: db.tag(view.id, label, user, mask=mask))
             return db.get_inspection(view.id) if written else None
 
         def stored(fresh) -> None:
@@ -536,12 +538,8 @@ class ReviewView(QWidget):
         number = TAG_ORDER.claim(ids)
 
         def work():
-            changed = [0]
-
-            def write(current: list[int]) -> None:
-                changed[0] = db.tag_many(current, label, user)
-            TAG_ORDER.write_newest(ids, number, write)
-            return changed[0], [(row, db.get_inspection(view.id)) for row, view in views]
+            _, changed = TAG_ORDER.write_newest(ids, number, lambda current: db.tag_many(current, label, user))
+            return changed or 0, [(row, db.get_inspection(view.id)) for row, view in views]
 
         def done(result) -> None:
             changed, fresh = result

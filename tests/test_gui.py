@@ -270,6 +270,8 @@ def test_two_quick_tags_of_one_image_keep_the_second_whatever_order_the_tasks_ru
     assert review.model.view_at(0).label == "OK"
     # a bulk NG of rows 0 and 1, then a single OK of row 0: row 0 ends OK, row 1 NG
     held.clear()
+    told: list[str] = []
+    context.info.connect(told.append)
     review.select_row(0)
     review.table.selectionModel().select(review.model.index(1, 0), review.table.selectionModel().SelectionFlag.Select
                                          | review.table.selectionModel().SelectionFlag.Rows)
@@ -280,6 +282,7 @@ def test_two_quick_tags_of_one_image_keep_the_second_whatever_order_the_tasks_ru
     _run_backwards(held)
     assert [context.db.get_inspection(v.id).label for v in (first, second)] == ["OK", "NG"]
     assert [review.model.view_at(row).label for row in (0, 1)] == ["OK", "NG"]
+    assert told[-1] == "1 inspection(s) tagged NG."   # the bulk write counts only the row it still owned
     # a single NG of row 1, then a bulk OK of rows 0 and 1: both end OK
     held.clear()
     review.select_row(1)
@@ -291,6 +294,7 @@ def test_two_quick_tags_of_one_image_keep_the_second_whatever_order_the_tasks_ru
     _run_backwards(held)
     assert [context.db.get_inspection(v.id).label for v in (first, second)] == ["OK", "OK"]
     assert [review.model.view_at(row).label for row in (0, 1)] == ["OK", "OK"]
+    assert told[-1] == "1 inspection(s) tagged OK."   # row 0 was OK already
     assert window.errors == []
 
 
