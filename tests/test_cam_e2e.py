@@ -94,6 +94,27 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
         train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", supervision="unsupervised"), print)
     with pytest.raises(TrainingError, match="unknown cam training options"):
         train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra={"nope": 1}), print)
+    with pytest.raises(TrainingError, match="seg_rounds must be at least 1"):
+        train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra={"seg_rounds": 0}), print)
+
+
+@pytest.mark.timeout(120)
+def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
+    """seg_rounds 1 stops after the first segmenter; 3 refines and trains once more than the default 2."""
+    expected = {1: ["segmenter-1"], 3: ["segmenter-1", "refine", "segmenter-2", "refine-3", "segmenter-3"]}
+    for rounds, stages in expected.items():
+        events = []
+        out = trainer_for("cam")(open_dataset(dataset), TrainOptions(
+            out=tmp_path / f"rounds{rounds}", epochs=1,
+            extra={**FAST, "calibration_fraction": 0.0, "seg_rounds": rounds}), events.append)
+        seconds = read_meta(out)["config"]["stage_seconds"]
+        assert {name for name in seconds if name.startswith(("segmenter", "refine"))} == set(stages)
+        ran = [e.stage for e in events if e.stage.startswith(("segmenter", "refine"))]
+        assert sorted(set(ran), key=ran.index) == stages   # in this order
+        fractions = [e.fraction for e in events]
+        assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+        result = Detector.load(out, device="cpu").predict([np.zeros((96, 96, 3), np.uint8)])[0]
+        assert result.anomaly_map.shape == (96, 96)
 
 
 def test_keep_stages_writes_beside_the_package(dataset, tmp_path):

@@ -12,7 +12,8 @@ process's CPU seconds in meta["config"]["stage_cpu_seconds"]):
   segmenter-1        decoder trained on the pseudo masks                               = round 1
   refine             its maps on the training defect images, CRF-refined again
   segmenter-2        decoder trained on the refined masks                              = round 2
-  calibrate          the pixel threshold from the round-2 pseudo masks; OK/NG thresholds from the stage below
+                     (seg_rounds > 2: refine-3, segmenter-3, ... repeat the last two stages)
+  calibrate          the pixel threshold from the last round's pseudo masks; OK/NG thresholds from the stage below
   calibration        (before dfc, when images can be held back: core.training.holdout) a copy of dfc ... segmenter-2
                      run without the held-back images; its scores for them set the OK/NG thresholds. The
                      shipped pipeline then runs on all images from the same random state.
@@ -62,6 +63,9 @@ class CamConfig:
     gcm_rounds: int = 2
     gcm_epochs: int = 3
     seg_epochs: int = 6          # per segmenter round
+    # segmenter rounds: 1 = trained on the CRF pseudo masks only; each further round CRF-refines the segmenter's
+    # maps of the training images and trains on (the issue's pipeline: 2)
+    seg_rounds: int = 2
     head_lr: float = 2e-3
     seg_lr: float = 3e-3
     clm_weight: float = 0.3
@@ -98,6 +102,8 @@ class CamConfig:
         if unknown:
             raise TrainingError(f"unknown cam training options {unknown}; known: {sorted(known)}")
         config = cls(**extra)
+        if int(config.seg_rounds) < 1:
+            raise TrainingError(f"seg_rounds must be at least 1, got {config.seg_rounds}")
         if options.epochs is not None:
             if options.epochs < 1:
                 raise TrainingError(f"epochs must be at least 1, got {options.epochs}")
@@ -110,11 +116,27 @@ class CamConfig:
                 "bilateral_srgb": self.crf_bilateral_srgb, "bilateral_compat": self.crf_bilateral_compat}
 
 
-# Share of the run each stage takes (for the overall fraction and ETA), from a CPU run on mtd.
-# "calibration" (the calibration copy of _PIPELINE's stages) is added per run when images are held back.
+# Share of the run each stage takes (for the overall fraction and ETA), from a CPU run on mtd (2 segmenter rounds).
+# "calibration" (the calibration copy of the pipeline's stages) is added per run when images are held back.
 _WEIGHTS = {"load": 0.04, "features": 0.16, "dfc": 0.04, "clm": 0.05, "gcm": 0.2, "iem": 0.1, "crf": 0.05,
-            "segmenter-1": 0.14, "refine": 0.05, "segmenter-2": 0.14, "calibrate": 0.03}
-_PIPELINE = ("dfc", "clm", "gcm", "iem", "crf", "segmenter-1", "refine", "segmenter-2")
+            "segmenter-1": 0.14, "calibrate": 0.03}
+_REFINE_WEIGHT, _ROUND_WEIGHT = 0.05, 0.14
+
+
+def _round_stages(round_number: int) -> tuple[str, str]:
+    """(refine stage, segmenter stage) of segmenter round >= 2: "refine", "segmenter-2"; "refine-3", ..."""
+    return ("refine" if round_number == 2 else f"refine-{round_number}"), f"segmenter-{round_number}"
+
+
+def _stage_weights(rounds: int) -> tuple[dict[str, float], tuple[str, ...]]:
+    """(weight per stage, the pipeline's stages in order: the ones the calibration copy repeats)."""
+    weights = dict(_WEIGHTS)
+    pipeline = ["dfc", "clm", "gcm", "iem", "crf", "segmenter-1"]
+    for round_number in range(2, rounds + 1):
+        refine, segmenter = _round_stages(round_number)
+        weights[refine], weights[segmenter] = _REFINE_WEIGHT, _ROUND_WEIGHT
+        pipeline += [refine, segmenter]
+    return weights, tuple(pipeline)
 
 
 class _Stages:
@@ -173,9 +195,10 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     rng = np.random.default_rng(options.seed)
     size = (cfg.input_size, cfg.input_size)
     norm = IMAGENET_NORMALISATION
-    weights = dict(_WEIGHTS)
+    stage_weights, pipeline_stages = _stage_weights(cfg.seg_rounds)
+    weights = dict(stage_weights)
     if holdout.used:  # the calibration copy runs the pipeline stages on the fitted share of the images once more
-        weights["calibration"] = sum(_WEIGHTS[k] for k in _PIPELINE) * len(holdout.fit) / len(labels)
+        weights["calibration"] = sum(stage_weights[k] for k in pipeline_stages) * len(holdout.fit) / len(labels)
     stages = _Stages(progress, weights)
     keep = Path(str(options.out) + ".stages") if options.extra.get("keep_stages") else None
     if keep is not None:
@@ -196,8 +219,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     held_cut = None
     if holdout.used:
         stages.begin("calibration", f"a copy of the pipeline without {len(holdout.held)} held-back images")
-        inner_total = sum(_WEIGHTS[k] for k in _PIPELINE)
-        inner = _Stages(lambda e: stages.update(e.fraction / inner_total, f"{e.stage}: {e.message}"), _WEIGHTS)
+        inner_total = sum(stage_weights[k] for k in pipeline_stages)
+        inner = _Stages(lambda e: stages.update(e.fraction / inner_total, f"{e.stage}: {e.message}"), stage_weights)
         with random_state_kept(rng):
             copy_model, _ = pipeline.run(data.images[holdout.fit], feats[holdout.fit], labels[holdout.fit], rng,
                                          inner)
@@ -230,7 +253,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
 
 
 class _Pipeline:
-    """The stages from the CAM classifier to the round-2 segmenter, on given images and their features."""
+    """The stages from the CAM classifier to the last round's segmenter, on given images and their features."""
 
     def __init__(self, backbone: torch.nn.Module, channels: list[int], cfg: CamConfig, options: TrainOptions,
                  device: torch.device, size: tuple[int, int], norm: dict) -> None:
@@ -242,7 +265,7 @@ class _Pipeline:
             stages: "_Stages", keep: Path | None = None, meta_base: dict | None = None
             ) -> tuple[CamSegmenter, np.ndarray]:
         """images (N, H, W, 3) uint8, their cached backbone features, labels (N,) -> (the distilled segmenter,
-        its round-2 pseudo masks (N, H, W) uint8 in {0, 1, IGNORE}). ``keep``: also write the intermediate heads
+        the last round's pseudo masks (N, H, W) uint8 in {0, 1, IGNORE}). ``keep``: also write the intermediate heads
         and the round-1 package there (needs ``meta_base``)."""
         cfg, options, device, size, norm = self.cfg, self.options, self.device, self.size, self.norm
         backbone, channels = self.backbone, self.channels
@@ -321,18 +344,22 @@ class _Pipeline:
             save_package(keep / "seg1", model, new_meta(config={"network": self.network_config}, thresholds=round1,
                                                         **meta_base))
 
-        stages.begin("refine", "CRF on the segmenter's maps")
-        _, seg_maps = predict_from_features(model, feats, images, norm, device=device)
-        masks2, _ = crf_pseudo_masks(images, seg_maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
-                                     ring=cfg.mask_ring, background_within=within, check_cancel=options.check_cancel,
-                                     on_image=lambda i: stages.update((i + 1) / len(defect)))
-        stages.end(**mask_stats(masks2, labels))
+        for round_number in range(2, cfg.seg_rounds + 1):
+            refine, segmenter = _round_stages(round_number)
+            stages.begin(refine, "CRF on the segmenter's maps")
+            _, seg_maps = predict_from_features(model, feats, images, norm, device=device)
+            masks, _ = crf_pseudo_masks(images, seg_maps, labels, crf=cfg.crf(), high=cfg.mask_high,
+                                        low=cfg.mask_low, ring=cfg.mask_ring, background_within=within,
+                                        check_cancel=options.check_cancel,
+                                        on_image=lambda i: stages.update((i + 1) / len(defect)))
+            stages.end(**mask_stats(masks, labels))
 
-        stages.begin("segmenter-2", "decoder on refined masks")
-        train_decoder(model, feats, images, masks2, labels, norm, seed=options.seed + 20, **seg_kwargs,
-                      on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs, f"epoch {e + 1}", loss=loss))
-        stages.end()
-        return model, masks2
+            stages.begin(segmenter, "decoder on refined masks")
+            train_decoder(model, feats, images, masks, labels, norm, seed=options.seed + 10 * round_number,
+                          **seg_kwargs, on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs,
+                                                                               f"epoch {e + 1}", loss=loss))
+            stages.end()
+        return model, masks
 
 
 def _calibrate(model: CamSegmenter, feats: torch.Tensor, images: np.ndarray, labels: np.ndarray,
