@@ -14,7 +14,7 @@ Rows (each on the test images; image labels of the test split are never used to 
   +GCM            the head after the guided-crop rounds
   +IEM            inpainting extension of +GCM on the images the classifier calls defective
   +CRF            dense CRF of +IEM on those images (map: CRF posterior; mask: posterior >= mask_high)
-  segmenter r1/r2 the distilled network (round 1 from MODEL_DIR.stages/seg1, round 2 = MODEL_DIR), through
+  segmenter r1/rN the distilled network (round 1 from MODEL_DIR.stages/seg1, the last round = MODEL_DIR), through
                   core.evaluation.evaluate with the package's own calibrated thresholds
 CAM rows threshold their map at 0.5, the value the pipeline itself uses (IEM region, CRF unary midpoint).
 """
@@ -120,7 +120,8 @@ def main() -> int:
         posterior[index] = dense_crf(data.images[index], extended[index], **crf)
     rows["+CRF"] = measure(samples, posterior, posterior >= cfg["mask_high"], probs)
     print("+CRF", {k: rows["+CRF"][k] for k in KEYS}, file=sys.stderr)
-    for label, package in (("segmenter round 1", stages / "seg1"), ("segmenter round 2 (the package)", args.model)):
+    last = f"segmenter round {cfg.get('seg_rounds', 2)} (the package)"   # packages before seg_rounds had 2
+    for label, package in (("segmenter round 1", stages / "seg1"), (last, args.model)):
         report = evaluate(Detector.load(package, device="cpu"), dataset)
         rows[label] = {k: report[k] for k in KEYS} | {"pixel_threshold": report["thresholds"]["pixel"]}
         print(label, rows[label], file=sys.stderr)

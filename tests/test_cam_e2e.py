@@ -37,7 +37,8 @@ def test_train_package_load_predict(dataset, tmp_path):
     assert meta["family"] == "cam" and meta["dataset"]["supervision"] == "weak"
     assert len(meta["dataset"]["hash"]) == 64
     assert set(meta["config"]["stage_seconds"]) == {"load", "features", "calibration", "dfc", "clm", "gcm", "iem",
-                                                    "crf", "segmenter-1", "refine", "segmenter-2", "calibrate"}
+                                                    "crf", "segmenter-1", "refine", "segmenter-2", "refine-3",
+                                                    "segmenter-3", "calibrate"}
     assert meta["evaluation"]["train_seconds"] > 0
     # a calibration copy trained without a quarter of each class (6 good, 5 defect) set the OK/NG thresholds on
     # them before the shipped pipeline ran on all images
@@ -45,7 +46,7 @@ def test_train_package_load_predict(dataset, tmp_path):
                                    "refit": True, "note": ""}
     stages = [e.stage for e in events]
     assert stages.index("features") < stages.index("calibration") < stages.index("dfc")
-    assert stages.index("dfc") < stages.index("gcm") < stages.index("crf") < stages.index("segmenter-2")
+    assert stages.index("dfc") < stages.index("gcm") < stages.index("crf") < stages.index("segmenter-3")
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "weights.safetensors"]
@@ -100,8 +101,8 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
 
 @pytest.mark.timeout(120)
 def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
-    """seg_rounds 1 stops after the first segmenter; 3 refines and trains once more than the default 2."""
-    expected = {1: ["segmenter-1"], 3: ["segmenter-1", "refine", "segmenter-2", "refine-3", "segmenter-3"]}
+    """seg_rounds 1 stops after the first segmenter; 2 is the issue's pipeline (the default is 3)."""
+    expected = {1: ["segmenter-1"], 2: ["segmenter-1", "refine", "segmenter-2"]}
     for rounds, stages in expected.items():
         events = []
         out = trainer_for("cam")(open_dataset(dataset), TrainOptions(
