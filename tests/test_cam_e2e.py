@@ -95,8 +95,9 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
         train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", supervision="unsupervised"), print)
     with pytest.raises(TrainingError, match="unknown cam training options"):
         train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra={"nope": 1}), print)
-    with pytest.raises(TrainingError, match="seg_rounds must be at least 1"):
-        train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra={"seg_rounds": 0}), print)
+    for rounds in (0, 2.5):
+        with pytest.raises(TrainingError, match="seg_rounds must be a whole number of at least 1"):
+            train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra={"seg_rounds": rounds}), print)
 
 
 @pytest.mark.timeout(120)

@@ -104,8 +104,8 @@ class CamConfig:
         if unknown:
             raise TrainingError(f"unknown cam training options {unknown}; known: {sorted(known)}")
         config = cls(**extra)
-        if int(config.seg_rounds) < 1:
-            raise TrainingError(f"seg_rounds must be at least 1, got {config.seg_rounds}")
+        if not isinstance(config.seg_rounds, int) or config.seg_rounds < 1:
+            raise TrainingError(f"seg_rounds must be a whole number of at least 1, got {config.seg_rounds!r}")
         if options.epochs is not None:
             if options.epochs < 1:
                 raise TrainingError(f"epochs must be at least 1, got {options.epochs}")
