@@ -311,11 +311,11 @@ def _busy_cores(interval_s: float = 0.5) -> float:
     first = sample()
     if first is not None:
         time.sleep(interval_s)
-    second = None if first is None else sample()
-    if second is None:
-        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    total, idle = second[0] - first[0], second[1] - first[1]
-    return 0.0 if total <= 0 else (os.cpu_count() or 1) * (total - idle) / total
+        second = sample()
+        if second is not None:
+            total, idle = second[0] - first[0], second[1] - first[1]
+            return 0.0 if total <= 0 else (os.cpu_count() or 1) * (total - idle) / total
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 def _regime_value(value, supervision: str):
