@@ -28,13 +28,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
+def _folds(text: str) -> int:
     try:
-        value = float(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0 or value == 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or at least 2, got {value}")
     return value
 
 
@@ -55,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "maps on mtd at the same latency, see docs/results.md)")
     p.add_argument("--backbone-weights", help="torchvision-format weights file for wide_resnet50_2")
     p.add_argument("--paper", action="store_true", help="the papers' full settings (meant for a GPU)")
-    p.add_argument("--calibration-fraction", type=_fraction,
-                   help="share of each class of training images a calibration copy of the model is fitted without, "
-                        "to set the OK/NG thresholds on; the shipped model is then fitted on all images "
-                        "(supersimplenet and cam; default 0.15; 0: set them on the fitted images, no copy)")
+    p.add_argument("--calibration-folds", type=_folds,
+                   help="calibration copies of the model, each fitted without one fold of the training images and "
+                        "scoring that fold; the OK/NG thresholds are set on these out-of-fold scores and the shipped "
+                        "model is then fitted on all images (supersimplenet and cam; default 3; 0: set them on the "
+                        "fitted images, no copies)")
     p.add_argument("--force", action="store_true", help="overwrite an existing model package at --out")
 
     p = sub.add_parser("evaluate", help="evaluate a model package on a dataset's test split; prints JSON")
@@ -149,11 +150,11 @@ def _train(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.dataset, require_test=False)
     _check_dataset(dataset)
     extra: dict = {"paper": True} if args.paper else {}
-    if args.calibration_fraction is not None:
+    if args.calibration_folds is not None:
         if args.family == "baseline":
-            raise CliError("--calibration-fraction applies to supersimplenet and cam; the baseline fits no network "
+            raise CliError("--calibration-folds applies to supersimplenet and cam; the baseline fits no network "
                            "and sets its thresholds on all training images")
-        extra["calibration_fraction"] = args.calibration_fraction
+        extra["calibration_folds"] = args.calibration_folds
     train = trainer_for(args.family)
     options = TrainOptions(out=out, supervision=args.supervision, epochs=args.epochs, device=args.device,
                            seed=args.seed, backbone=args.backbone, backbone_weights=args.backbone_weights,

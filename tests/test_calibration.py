@@ -6,7 +6,7 @@ import pytest
 
 from core.inference.calibration import CalibrationError, image_thresholds, pixel_threshold
 from core.inference.result import Thresholds, Verdict
-from core.training.holdout import calibration_holdout, describe
+from core.training.holdout import calibration_folds, describe
 
 
 def test_verdict_policy_boundaries():
@@ -84,26 +84,31 @@ def test_pixel_threshold_without_any_defect_mask_uses_good_quantile():
         pixel_threshold(maps, [None])
 
 
-def test_holdout_takes_the_same_share_of_each_class_at_random():
-    labels = np.r_[np.zeros(200, int), np.ones(60, int)]
-    holdout = calibration_holdout(labels, 0.15, seed=1)
-    assert holdout.used and holdout.reason == ""
-    assert (labels[holdout.held] == 0).sum() == 30 and (labels[holdout.held] == 1).sum() == 9
-    assert np.intersect1d(holdout.fit, holdout.held).size == 0
-    assert np.array_equal(np.union1d(holdout.fit, holdout.held), np.arange(260))
-    assert np.array_equal(calibration_holdout(labels, 0.15, seed=1).held, holdout.held)
-    assert not np.array_equal(calibration_holdout(labels, 0.15, seed=2).held, holdout.held)
-    record = describe(holdout, labels[holdout.held], 0.15)
-    assert record["source"] == "held-out training images" and (record["good"], record["defect"]) == (30, 9)
+def test_folds_split_each_class_evenly_at_random_and_every_image_is_left_out_once():
+    labels = np.r_[np.zeros(200, int), np.ones(61, int)]
+    crossfit = calibration_folds(labels, 3, seed=1)
+    assert crossfit.used and crossfit.reason == "" and len(crossfit.folds) == 3
+    for fold in crossfit.folds:
+        assert np.intersect1d(fold.fit, fold.held).size == 0
+        assert np.array_equal(np.union1d(fold.fit, fold.held), np.arange(261))
+        assert (labels[fold.held] == 0).sum() in (66, 67) and (labels[fold.held] == 1).sum() in (20, 21)
+    assert np.array_equal(np.sort(crossfit.held), np.arange(261))   # each image left out by exactly one copy
+    assert np.array_equal(calibration_folds(labels, 3, seed=1).held, crossfit.held)
+    assert not np.array_equal(calibration_folds(labels, 3, seed=2).held, crossfit.held)
+    record = describe(crossfit, labels, 3)
+    assert record == {"source": "held-out training images", "folds": 3, "good": 200, "defect": 61, "refit": True,
+                      "note": ""}
 
 
-def test_too_few_images_of_a_class_hold_nothing_back_and_say_why():
-    labels = np.r_[np.zeros(200, int), np.ones(20, int)]   # 15 % of 20 defects is 3: no usable quantile
-    holdout = calibration_holdout(labels, 0.15)
-    assert not holdout.used and holdout.fit.size == 220 and "20 defect images" in holdout.reason
-    assert describe(holdout, labels, 0.15)["source"] == "training images"
-    off = calibration_holdout(labels, 0.0)
+def test_too_few_images_of_a_class_make_no_folds_and_say_why():
+    labels = np.r_[np.zeros(200, int), np.ones(4, int)]   # 4 defects: no usable quantile
+    crossfit = calibration_folds(labels, 3)
+    assert not crossfit.used and crossfit.held.size == 0 and "4 defect images" in crossfit.reason
+    assert describe(crossfit, labels, 3)["source"] == "training images"
+    assert calibration_folds(np.r_[np.zeros(200, int), np.ones(5, int)], 3).used
+    assert not calibration_folds(np.r_[np.zeros(200, int), np.ones(7, int)], 8).used   # a fold without a defect
+    off = calibration_folds(labels, 0)
     assert not off.used and "0" in off.reason
-    for bad in (-0.1, 1.0):
-        with pytest.raises(ValueError, match="calibration_fraction"):
-            calibration_holdout(labels, bad)
+    for bad in (-1, 1, 2.5, True):
+        with pytest.raises(ValueError, match="calibration_folds"):
+            calibration_folds(labels, bad)

@@ -16,7 +16,7 @@ from core.inference.detector import Detector
 from core.inference.package import read_meta
 from core.training.api import TrainingCancelled, TrainingError, TrainOptions, trainer_for
 
-FAST = {"input_size": 96, "gcm_rounds": 1, "iem_rounds": 2, "calibration_fraction": 0.25}
+FAST = {"input_size": 96, "gcm_rounds": 1, "iem_rounds": 2, "calibration_folds": 2}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,9 @@ def test_train_package_load_predict(dataset, tmp_path):
                                                     "crf", "segmenter-1", "refine", "segmenter-2", "refine-3",
                                                     "segmenter-3", "calibrate"}
     assert meta["evaluation"]["train_seconds"] > 0
-    # a calibration copy trained without a quarter of each class (6 good, 5 defect) set the OK/NG thresholds on
-    # them before the shipped pipeline ran on all images
-    assert meta["calibration"] == {"source": "held-out training images", "fraction": 0.25, "good": 6, "defect": 5,
+    # two calibration copies of the classifier, each trained without half of each class, scored that half; the
+    # OK/NG thresholds were set on all 44 out-of-fold scores before the shipped pipeline ran on all images
+    assert meta["calibration"] == {"source": "held-out training images", "folds": 2, "good": 24, "defect": 20,
                                    "refit": True, "note": ""}
     stages = [e.stage for e in events]
     assert stages.index("features") < stages.index("calibration") < stages.index("dfc")
@@ -68,7 +68,7 @@ def test_holding_back_for_calibration_leaves_the_shipped_segmenter_as_it_would_b
     trainer = trainer_for("cam")
     held = trainer(open_dataset(dataset), TrainOptions(out=tmp_path / "held", epochs=2, extra=FAST), lambda e: None)
     plain = trainer(open_dataset(dataset), TrainOptions(out=tmp_path / "plain", epochs=2,
-                                                        extra={**FAST, "calibration_fraction": 0.0}), lambda e: None)
+                                                        extra={**FAST, "calibration_folds": 0}), lambda e: None)
     a, b = load_file(str(held / "weights.safetensors")), load_file(str(plain / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_meta(held)["calibration"]["refit"] and not read_meta(plain)["calibration"]["refit"]
@@ -108,7 +108,7 @@ def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
         events = []
         out = trainer_for("cam")(open_dataset(dataset), TrainOptions(
             out=tmp_path / f"rounds{rounds}", epochs=1,
-            extra={**FAST, "calibration_fraction": 0.0, "seg_rounds": rounds}), events.append)
+            extra={**FAST, "calibration_folds": 0, "seg_rounds": rounds}), events.append)
         seconds = read_meta(out)["config"]["stage_seconds"]
         assert {name for name in seconds if name.startswith(("segmenter", "refine"))} == set(stages)
         ran = [e.stage for e in events if e.stage.startswith(("segmenter", "refine"))]

@@ -78,23 +78,27 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
         assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
     done = inspector("train", str(dataset), "--family", "baseline", "--out", "x", "--epochs", "0")
     assert done.returncode == 2 and "must be at least 1" in done.stderr
-    done = inspector("train", str(dataset), "--family", "cam", "--out", "x", "--calibration-fraction", "1")
-    assert done.returncode == 2 and "must be at least 0 and below 1" in done.stderr
+    for folds in ("1", "-2", "0.5"):
+        done = inspector("train", str(dataset), "--family", "cam", "--out", "x", "--calibration-folds", folds)
+        assert done.returncode == 2 and ("must be 0 (off) or at least 2" in done.stderr
+                                         or "expected a whole number" in done.stderr), (folds, done.stderr)
     done = inspector("train", str(dataset), "--family", "baseline", "--out", str(tmp_path / "b"),
-                     "--calibration-fraction", "0.2")
+                     "--calibration-folds", "2")
     assert done.returncode == 2 and "applies to supersimplenet and cam" in done.stderr
 
 
-def test_train_holds_back_images_for_the_thresholds_unless_told_not_to(trained, tmp_path):
+def test_train_sets_thresholds_on_out_of_fold_scores_unless_told_not_to(trained, tmp_path):
     dataset, _ = trained
-    for fraction, source in (("0.5", "held-out training images"), ("0", "training images")):
-        model = tmp_path / f"ssn_{fraction}"
+    for folds, source in (("2", "held-out training images"), ("0", "training images")):
+        model = tmp_path / f"ssn_{folds}"
         done = inspector("train", str(dataset), "--family", "supersimplenet", "--epochs", "1", "--out", str(model),
-                         "--calibration-fraction", fraction)
+                         "--calibration-folds", folds)
         assert done.returncode == 0, done.stderr
         meta = json.loads((model / "model.json").read_text())
         assert meta["calibration"]["source"] == source, meta["calibration"]
-    # half of the 30 good and of the 10 defect images set the thresholds; the shipped network trained on all 40
-    meta_held = json.loads((tmp_path / "ssn_0.5" / "model.json").read_text())
+    # two copies, each fitted on half of the 30 good and of the 10 defect images, scored the other half: all 40
+    # images' out-of-fold scores set the thresholds; the shipped network trained on all 40
+    meta_held = json.loads((tmp_path / "ssn_2" / "model.json").read_text())
     assert meta_held["training"]["images"] == 40 and meta_held["calibration"]["refit"] is True
-    assert (meta_held["calibration"]["good"], meta_held["calibration"]["defect"]) == (15, 5)
+    assert (meta_held["calibration"]["folds"], meta_held["calibration"]["good"],
+            meta_held["calibration"]["defect"]) == (2, 30, 10)

@@ -17,10 +17,10 @@ from core.models.supersimplenet.loss import focal_loss, segmentation_loss, trunc
 from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_noise
 from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
-from core.training.holdout import Holdout, calibration_holdout
-from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, TrainingSet, _settings,
-                                                  calibration_set, distance_weights, grid_targets, perturb,
-                                                  select_samples, training_step)
+from core.training.holdout import calibration_folds
+from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, TrainingSet, _Scored,
+                                                  _settings, distance_weights, grid_targets, perturb, select_samples,
+                                                  training_step, unused_defects)
 
 GRID = (32, 32)
 
@@ -109,61 +109,42 @@ def test_regimes_pick_samples_and_masks(tmp_path):
         select_samples(train[2:], "mixed")
 
 
-def test_held_back_images_calibrate_and_the_calibration_copy_never_draws_them(tmp_path):
+def test_calibration_copies_never_draw_their_fold_and_unsupervised_defects_calibrate(tmp_path):
     train = ([Sample(tmp_path / f"g{i}.png", 0) for i in range(40)]
              + [Sample(tmp_path / f"d{i}.png", 1, tmp_path / f"m{i}.png" if i % 2 else None) for i in range(20)])
     mixed = select_samples(train, "mixed")
-    holdout = calibration_holdout(mixed.labels, 0.25, seed=0)
-    calibration = calibration_set(mixed, train, holdout)
-    assert len(calibration.samples) == 15 and sum(s.label for s in calibration.samples) == 5
-    # a held-back sample keeps its regime's mask rule
-    assert all(use == (s.label == 0 or s.mask_path is not None)
-               for s, use in zip(calibration.samples, calibration.use_mask))
-    sampler = BalancedSampler(mixed.labels, 8, np.random.default_rng(0), holdout.fit)
-    drawn = np.concatenate([sampler.batch() for _ in range(50)])
-    assert set(drawn.tolist()) == set(holdout.fit.tolist())   # every fitted sample, never a held-back one
-    assert sampler.steps_per_epoch == 6                         # 45 samples in batches of 8
-    # unsupervised: defect images never train, so all of them calibrate, next to the held-back good ones
-    unsupervised = select_samples(train, "unsupervised")
-    calibration = calibration_set(unsupervised, train, calibration_holdout(unsupervised.labels, 0.25, seed=0))
-    assert sorted(s.label for s in calibration.samples) == [0] * 10 + [1] * 20
-    assert sum(calibration.use_mask) == 10 + 10   # good images, and the defects that have masks
+    crossfit = calibration_folds(mixed.labels, 3, seed=0)
+    for fold in crossfit.folds:
+        sampler = BalancedSampler(mixed.labels, 8, np.random.default_rng(0), fold.fit)
+        drawn = np.concatenate([sampler.batch() for _ in range(50)])
+        assert set(drawn.tolist()) == set(fold.fit.tolist())   # every fitted sample, never one of the fold
+        assert sampler.steps_per_epoch == -(-fold.fit.size // 8)   # its fitted samples in batches of 8
+        part = mixed.subset(fold.held)                           # a fold keeps its regime's mask rule
+        assert all(use == (s.label == 0 or s.mask_path is not None) for s, use in zip(part.samples, part.use_mask))
+    assert unused_defects(mixed, train).samples == []
+    # unsupervised: defect images never train, so all of them calibrate, next to the good images' out-of-fold scores
+    unused = unused_defects(select_samples(train, "unsupervised"), train)
+    assert [s.label for s in unused.samples] == [1] * 20 and sum(unused.use_mask) == 10   # the 10 with masks
 
 
-def test_held_back_features_come_from_the_training_cache_and_only_unseen_images_are_encoded(tmp_path):
-    import cv2
-
-    from core.training.supersimplenet_trainer import _held_back_features
-
-    for name in ("g0", "g1", "g2", "g3", "d0", "d1"):
-        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((8, 8, 3), 100, np.uint8))
-    cv2.imwrite(str(tmp_path / "m0.png"), np.pad(np.full((4, 4), 255, np.uint8), 2))
-    train = ([Sample(tmp_path / f"g{i}.png", 0) for i in range(4)]
-             + [Sample(tmp_path / "d0.png", 1, tmp_path / "m0.png"), Sample(tmp_path / "d1.png", 1)])
-    # a training cache of the good images, 2 views each; row r holds the value r so rows can be traced
-    good = select_samples(train, "unsupervised")
-    cache = FeatureCache(features=torch.arange(8, dtype=torch.float16).view(8, 1, 1, 1).expand(8, 2, 2, 2).clone(),
-                         flips=("none", "h"), masks=[np.zeros((4, 4), bool)] * 4)
-    holdout = Holdout(fit=np.array([0, 2]), held=np.array([1, 3]), reason="")
-    encoded = []
-
-    def encode(batch: torch.Tensor) -> torch.Tensor:
-        encoded.append(batch.shape[0])
-        return torch.full((batch.shape[0], 2, 2, 2), -1.0)
-
-    options = TrainOptions(out=tmp_path / "out")
-    # unsupervised: the held-back good images' unflipped rows (2 and 6), then the two defect images, encoded now
-    calibration = calibration_set(good, train, holdout)
-    held = _held_back_features(cache, holdout, calibration, encode, (4, 4), torch.device("cpu"), options)
-    assert held.flips == ("none",) and held.num_samples == 4
-    assert held.features[:, 0, 0, 0].tolist() == [2.0, 6.0, -1.0, -1.0]
-    assert encoded == [1, 1]                              # the two unseen images, unflipped, nothing else
-    assert held.masks[2].any() and held.masks[3] is None  # d0's mask at the input size; d1 has none
-    # a regime whose held-back images are all in the cache encodes nothing
-    encoded.clear()
-    weak_calibration = TrainingSet([train[1], train[3]], [True, True], "weak")
-    held = _held_back_features(cache, holdout, weak_calibration, encode, (4, 4), torch.device("cpu"), options)
-    assert encoded == [] and held.features[:, 0, 0, 0].tolist() == [2.0, 6.0]
+def test_calibration_scores_the_unflipped_view_and_keeps_maps_only_where_masks_are_known(tmp_path):
+    torch.manual_seed(0)
+    network = SuperSimpleNet(make_config("efficientnet_lite0"), pretrained=False).eval()
+    channels = sum(network.config["channels"])
+    features = torch.randn(8, channels, 4, 4).half()   # 4 samples x 2 views (none, h)
+    cache = FeatureCache(features=features, flips=("none", "h"),
+                         masks=[np.zeros((16, 16), bool), None, np.ones((16, 16), bool), np.zeros((16, 16), bool)])
+    samples = [Sample(tmp_path / "g0.png", 0), Sample(tmp_path / "d0.png", 1), Sample(tmp_path / "d1.png", 1),
+               Sample(tmp_path / "g1.png", 0)]
+    part = TrainingSet([samples[i] for i in (1, 2, 3)], [False, True, True], "mixed")
+    scored = _Scored([], [], [], [])
+    scored.add(network, cache, np.array([1, 2, 3]), part, (16, 16), torch.device("cpu"), batch=2)
+    with torch.inference_mode():
+        _, logits = network.decide(network.adaptor(features[[2, 4, 6]].float()))   # the unflipped rows
+    assert np.allclose(np.concatenate(scored.scores), torch.sigmoid(logits).numpy(), atol=1e-6)
+    assert scored.image_labels.tolist() == [1, 1, 0]
+    assert scored.maps[0] is None and scored.masks[0] is None          # a defect without a mask: score only
+    assert scored.maps[1].shape == (16, 16) and scored.masks[1].all() and not scored.masks[2].any()
 
 
 def test_auto_threads_drop_to_one_while_every_core_is_busy_now():

@@ -15,7 +15,7 @@ from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.baseline import BaselineNetwork
 from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions
-from core.training.holdout import Holdout, describe
+from core.training.holdout import CrossFit, describe
 
 INPUT_SIZE = (128, 128)
 
@@ -66,7 +66,6 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     network.scale.fill_(float(np.median(good_peaks)) / math.log(2.0))  # median good image scores 0.5
     scores = 1.0 - np.exp(-np.asarray(peaks) / float(network.scale))
     meta["thresholds"] = calibrate(scores, np.asarray(labels), maps, masks).to_dict()
-    everything = Holdout(np.arange(len(labels)), np.empty(0, np.int64),
-                         "the baseline fits per-pixel statistics, not a network, so nothing is held back")
-    meta["calibration"] = describe(everything, labels, 0.0)
+    no_copies = CrossFit((), "the baseline fits per-pixel statistics, not a network, so it has no calibration copies")
+    meta["calibration"] = describe(no_copies, labels, 0)
     return save_package(options.out, network, meta)

@@ -14,8 +14,9 @@ process's CPU seconds in meta["config"]["stage_cpu_seconds"]):
   segmenter-2        decoder trained on the refined masks                              = round 2
   refine-3, ...      (seg_rounds, default 3) each further round repeats the last two stages
   calibrate          the pixel threshold from the last round's pseudo masks; OK/NG thresholds from the stage below
-  calibration        (before dfc, when images can be held back: core.training.holdout) a copy of dfc ... the
-                     last segmenter round run without the held-back images; its scores for them set the OK/NG
+  calibration        (before dfc, when there are enough images: core.training.holdout) per fold, a copy of the
+                     classifier (dfc, clm, gcm: the image score of the package is that classifier's) trained
+                     without the fold scores it; the out-of-fold scores of all training images set the OK/NG
                      thresholds. The shipped pipeline then runs on all images from the same random state.
 Masks of the dataset are never read. Only the segmenter (with the classifier's head as its image
 score) goes into the package. With options.extra["keep_stages"] the intermediate heads and the
@@ -50,7 +51,7 @@ from core.training.cam.images import extract_features, load_images
 from core.training.cam.inpainting import inpaint_extend
 from core.training.cam.pseudo_masks import crf_pseudo_masks, mask_stats
 from core.training.cam.segmenter_training import predict_from_features, train_decoder
-from core.training.holdout import DEFAULT_FRACTION, calibration_holdout, describe, random_state_kept
+from core.training.holdout import DEFAULT_FOLDS, calibration_folds, describe, random_state_kept
 
 
 @dataclass
@@ -92,7 +93,7 @@ class CamConfig:
     # 0.174 trained on all images; pixel AP 0.179 vs 0.062, mIoU 0.177 vs 0.148 on 85 % (docs/results.md)
     unexplained_background_within: int | None = 0
     good_per_epoch: int = 0      # good images per segmenter epoch; 0: as many as defect images
-    calibration_fraction: float = DEFAULT_FRACTION  # of each class held back to set OK/NG on; 0: none
+    calibration_folds: int = DEFAULT_FOLDS  # calibration copies whose out-of-fold scores set OK/NG; 0: none
     threads: int = 2
 
     @classmethod
@@ -119,7 +120,7 @@ class CamConfig:
 
 
 # Share of the run each stage takes (for the overall fraction and ETA), from a CPU run on mtd (2 segmenter rounds).
-# "calibration" (the calibration copy of the pipeline's stages) is added per run when images are held back.
+# "calibration" (the calibration copies of the classifier's stages) is added per run when there are folds.
 _WEIGHTS = {"load": 0.04, "features": 0.16, "dfc": 0.04, "clm": 0.05, "gcm": 0.2, "iem": 0.1, "crf": 0.05,
             "segmenter-1": 0.14, "calibrate": 0.03}
 _REFINE_WEIGHT, _ROUND_WEIGHT = 0.05, 0.14
@@ -130,15 +131,17 @@ def _round_stages(round_number: int) -> tuple[str, str]:
     return ("refine" if round_number == 2 else f"refine-{round_number}"), f"segmenter-{round_number}"
 
 
-def _stage_weights(rounds: int) -> tuple[dict[str, float], tuple[str, ...]]:
-    """(weight per stage, the pipeline's stages in order: the ones the calibration copy repeats)."""
+# The stages that make the image score: the calibration copies repeat these and no others.
+_CLASSIFIER_STAGES = ("dfc", "clm", "gcm")
+
+
+def _stage_weights(rounds: int) -> dict[str, float]:
+    """Weight per stage of a pipeline with ``rounds`` segmenter rounds."""
     weights = dict(_WEIGHTS)
-    pipeline = ["dfc", "clm", "gcm", "iem", "crf", "segmenter-1"]
     for round_number in range(2, rounds + 1):
         refine, segmenter = _round_stages(round_number)
         weights[refine], weights[segmenter] = _REFINE_WEIGHT, _ROUND_WEIGHT
-        pipeline += [refine, segmenter]
-    return weights, tuple(pipeline)
+    return weights
 
 
 class _Stages:
@@ -177,9 +180,9 @@ class _Stages:
 def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     """Run the whole pipeline on ``dataset.train`` (image labels only) and write the package to options.out.
 
-    When images can be held back (core.training.holdout), a calibration copy of the pipeline first runs
-    without them and sets the OK/NG thresholds on its scores for them; the shipped pipeline then runs on all
-    images from the same random state."""
+    When there are enough images (core.training.holdout), calibration copies of the classifier first run, each
+    without one fold of the images, and their out-of-fold scores set the OK/NG thresholds; the shipped pipeline
+    then runs on all images from the same random state."""
     if options.supervision not in ("weak", "mixed", "full"):
         raise TrainingError(f"the cam family learns from image labels; supervision {options.supervision!r} "
                             "gives it no defect images (use weak)")
@@ -189,7 +192,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         raise TrainingError(f"{dataset.root}: the cam family needs at least 2 good and 2 defect training images "
                             f"(found {(labels == 0).sum()} good, {labels.sum()} defect)")
     cfg = CamConfig.from_options(options)
-    holdout = calibration_holdout(labels, cfg.calibration_fraction, options.seed)
+    crossfit = calibration_folds(labels, cfg.calibration_folds, options.seed)
     device = resolve_device(options.device)
     if device.type == "cpu" and cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -197,10 +200,11 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     rng = np.random.default_rng(options.seed)
     size = (cfg.input_size, cfg.input_size)
     norm = IMAGENET_NORMALISATION
-    stage_weights, pipeline_stages = _stage_weights(cfg.seg_rounds)
+    stage_weights = _stage_weights(cfg.seg_rounds)
+    copy_weights = {k: stage_weights[k] for k in _CLASSIFIER_STAGES}
     weights = dict(stage_weights)
-    if holdout.used:  # the calibration copy runs the pipeline stages on the fitted share of the images once more
-        weights["calibration"] = sum(stage_weights[k] for k in pipeline_stages) * len(holdout.fit) / len(labels)
+    if crossfit.used:  # each copy runs the classifier's stages on all but one fold of the images
+        weights["calibration"] = sum(copy_weights.values()) * sum(f.fit.size for f in crossfit.folds) / len(labels)
     stages = _Stages(progress, weights)
     keep = Path(str(options.out) + ".stages") if options.extra.get("keep_stages") else None
     if keep is not None:
@@ -219,16 +223,17 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     pipeline = _Pipeline(backbone, channels, cfg, options, device, size, norm)
 
     held_cut = None
-    if holdout.used:
-        stages.begin("calibration", f"a copy of the pipeline without {len(holdout.held)} held-back images")
-        inner_total = sum(stage_weights[k] for k in pipeline_stages)
-        inner = _Stages(lambda e: stages.update(e.fraction / inner_total, f"{e.stage}: {e.message}"), stage_weights)
-        with random_state_kept(rng):
-            copy_model, _ = pipeline.run(data.images[holdout.fit], feats[holdout.fit], labels[holdout.fit], rng,
-                                         inner)
-        scores, _ = predict_from_features(copy_model, feats[holdout.held], data.images[holdout.held], norm,
-                                          device=device)
-        held_cut = image_thresholds(scores, labels[holdout.held])
+    if crossfit.used:
+        count = len(crossfit.folds)
+        stages.begin("calibration", f"{count} copies of the classifier, each without one fold of the images")
+        scores = np.empty(len(labels))
+        for k, fold in enumerate(crossfit.folds):
+            inner = _Stages(lambda e, k=k: stages.update((k + e.fraction) / count,
+                                                         f"copy {k + 1}/{count}, {e.stage}: {e.message}"), copy_weights)
+            with random_state_kept(rng):
+                head, _ = pipeline.classifier(data.images[fold.fit], feats[fold.fit], labels[fold.fit], rng, inner)
+            scores[fold.held], _ = cams_from_features(head, feats[fold.held], size, cfg.topk_fraction, device=device)
+        held_cut = image_thresholds(scores, labels)
         stages.end(ok=held_cut[0], ng=held_cut[1])
 
     meta_base = dict(family="cam", backbone=options.backbone, input_size=size, normalisation=norm,
@@ -236,7 +241,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     model, masks = pipeline.run(data.images, feats, labels, rng, stages, keep, meta_base)
 
     stages.begin("calibrate", "pixel threshold from the pseudo masks; OK/NG from the "
-                 + ("held-back images" if held_cut else f"training images ({holdout.reason})"))
+                 + ("out-of-fold scores" if held_cut else f"training images ({crossfit.reason})"))
     thresholds = _calibrate(model, feats, data.images, labels, masks, norm, device)
     if held_cut is not None:
         thresholds = Thresholds(ok=held_cut[0], ng=held_cut[1], pixel=thresholds.pixel)
@@ -248,7 +253,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
               "total_cpu_seconds": round(sum(stages.cpu_seconds.values()), 1)}
     meta = new_meta(config=config, thresholds=thresholds,
                     evaluation={"train_seconds": config["total_seconds"]}, **meta_base)
-    meta["calibration"] = describe(holdout, labels[holdout.held] if holdout.used else labels, cfg.calibration_fraction)
+    meta["calibration"] = describe(crossfit, labels, cfg.calibration_folds)
     if keep is not None:
         (keep / "config.json").write_text(json.dumps(config, indent=2))
     return save_package(options.out, model.cpu(), meta)
@@ -263,12 +268,11 @@ class _Pipeline:
         self.device, self.size, self.norm = device, size, norm
         self.network_config = {**DEFAULT_CONFIG, "topk_fraction": cfg.topk_fraction}
 
-    def run(self, images: np.ndarray, feats: torch.Tensor, labels: np.ndarray, rng: np.random.Generator,
-            stages: "_Stages", keep: Path | None = None, meta_base: dict | None = None
-            ) -> tuple[CamSegmenter, np.ndarray]:
-        """images (N, H, W, 3) uint8, their cached backbone features, labels (N,) -> (the distilled segmenter,
-        the last round's pseudo masks (N, H, W) uint8 in {0, 1, IGNORE}). ``keep``: also write the intermediate heads
-        and the round-1 package there (needs ``meta_base``)."""
+    def classifier(self, images: np.ndarray, feats: torch.Tensor, labels: np.ndarray, rng: np.random.Generator,
+                   stages: "_Stages", keep: Path | None = None) -> tuple[CamHead, np.ndarray]:
+        """Stages dfc, clm, gcm on images (N, H, W, 3) uint8, their cached backbone features and labels (N,) ->
+        (the CAM head, whose top-k pooled CAM is the package's image score; its CAM maps (N, H, W) in 0..1).
+        ``keep``: also write the intermediate heads there."""
         cfg, options, device, size, norm = self.cfg, self.options, self.device, self.size, self.norm
         backbone, channels = self.backbone, self.channels
         head = CamHead(sum(channels), DEFAULT_CONFIG["head_hidden"]).to(device)
@@ -296,8 +300,6 @@ class _Pipeline:
         _keep_head(keep, "clm", head)
         stages.end()
 
-        classifier = DefectFocusClassifier(backbone, head, cfg.topk_fraction)
-        classify = image_classifier(classifier, norm, device=device)
         stages.begin("gcm", f"{cfg.gcm_rounds} rounds of guided crops")
         for round_index in range(cfg.gcm_rounds):
             _, cams = cams_from_features(head, feats, size, cfg.topk_fraction, device=device)
@@ -312,6 +314,18 @@ class _Pipeline:
         _keep_head(keep, "gcm", head)
         train_probs, cams = cams_from_features(head, feats, size, cfg.topk_fraction, device=device)
         stages.end(train_ap=_train_ap(train_probs, labels))
+        return head, cams
+
+    def run(self, images: np.ndarray, feats: torch.Tensor, labels: np.ndarray, rng: np.random.Generator,
+            stages: "_Stages", keep: Path | None = None, meta_base: dict | None = None
+            ) -> tuple[CamSegmenter, np.ndarray]:
+        """images (N, H, W, 3) uint8, their cached backbone features, labels (N,) -> (the distilled segmenter,
+        the last round's pseudo masks (N, H, W) uint8 in {0, 1, IGNORE}). ``keep``: also write the intermediate heads
+        and the round-1 package there (needs ``meta_base``)."""
+        cfg, options, device, size, norm = self.cfg, self.options, self.device, self.size, self.norm
+        backbone, channels = self.backbone, self.channels
+        head, cams = self.classifier(images, feats, labels, rng, stages, keep)
+        classify = image_classifier(DefectFocusClassifier(backbone, head, cfg.topk_fraction), norm, device=device)
 
         stages.begin("iem", f"up to {cfg.iem_rounds} inpainting rounds")
         defect = np.flatnonzero(labels > 0)

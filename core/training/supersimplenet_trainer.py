@@ -2,9 +2,10 @@
 
 Steps: pick the training samples for the regime -> encode every image (and flip) once with the frozen
 backbone (core.training.feature_cache) -> train adaptor + heads on the cached features with Perlin-masked
-feature noise -> save a self-contained model package. Thresholds (core.training.holdout): a copy of the network
-is first fitted without a held-back share of the images and sets the thresholds on them; the shipped network
-is then fitted on all images, from the same starting state, exactly as without holding back.
+feature noise -> save a self-contained model package. Thresholds (core.training.holdout): copies of the network,
+each fitted without one fold of the images, score the fold they did not see, and the thresholds are set on those
+out-of-fold scores; the shipped network is then fitted on all images, from the same starting state, exactly as
+without the copies.
 
 One code path for all regimes: each sample either has a usable mask (good images: empty; defects with a
 mask in mixed/full) and then trains map and score, or it has none (defects in weak, or unmasked defects in
@@ -35,7 +36,7 @@ from core.models.supersimplenet.loss import focal_loss, segmentation_loss
 from core.models.supersimplenet.perlin import perlin_masks
 from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache, build_feature_cache, flip
-from core.training.holdout import DEFAULT_FRACTION, Holdout, calibration_holdout, describe, random_state_kept
+from core.training.holdout import DEFAULT_FOLDS, CrossFit, calibration_folds, describe, random_state_kept
 
 # Training settings; any of them can be overridden through TrainOptions.extra (e.g. {"epochs_cpu": 20}).
 DEFAULTS: dict = {
@@ -63,10 +64,10 @@ DEFAULTS: dict = {
     "dilation": 7,
     "grad_clip": 1.0,
     "threads": 0,              # torch CPU threads; 0: auto (see _cpu_threads)
-    # Share of each class of the regime's images a calibration copy of the network is fitted without, to set the
-    # thresholds on; 0: set them on the fitted images (their scores separate perfectly, so new defects pass as
-    # OK: see core.training.holdout). The shipped network is fitted on all images either way.
-    "calibration_fraction": DEFAULT_FRACTION,
+    # Calibration copies of the network, each fitted without one fold of the regime's images, whose out-of-fold
+    # scores set the thresholds; 0: set them on the fitted images (their scores separate perfectly, so new defects
+    # pass as OK: see core.training.holdout). The shipped network is fitted on all images either way.
+    "calibration_folds": DEFAULT_FOLDS,
 }
 _NETWORK_KEYS = ("feature_scale", "seg_width", "cls_channels", "cls_pool", "smooth_sigma")
 
@@ -87,16 +88,12 @@ class TrainingSet:
         return TrainingSet([self.samples[i] for i in indices], [self.use_mask[i] for i in indices], self.supervision)
 
 
-def calibration_set(training: TrainingSet, train_split: list[Sample], holdout: Holdout) -> TrainingSet:
-    """The samples that set the thresholds: the held-back ones of the regime (their mask rule kept). In the
-    unsupervised regime the train split's defect images never train the network, so they join the held-back
-    good images (with their masks, for the pixel threshold): an OK threshold needs defects."""
-    calibration = training.subset(holdout.held)
-    if training.supervision == "unsupervised":
-        unused = [s for s in train_split if s.label == 1]
-        calibration = TrainingSet(calibration.samples + unused,
-                                  calibration.use_mask + [s.mask_path is not None for s in unused], "unsupervised")
-    return calibration
+def unused_defects(training: TrainingSet, train_split: list[Sample]) -> TrainingSet:
+    """The train split's defect images in the unsupervised regime, where they never train the network: they join
+    the good images' out-of-fold scores to set the thresholds (an OK threshold needs defects; their masks, where
+    present, set the pixel threshold). Empty in the other regimes, whose defect images are in ``training``."""
+    unused = [s for s in train_split if s.label == 1] if training.supervision == "unsupervised" else []
+    return TrainingSet(unused, [s.mask_path is not None for s in unused], training.supervision)
 
 
 def select_samples(train: list[Sample], supervision: str) -> TrainingSet:
@@ -406,56 +403,79 @@ def _fit(network: SuperSimpleNet, cache: FeatureCache, targets: GridTargets, tra
     return {"epochs": settings["epochs"], "steps": total, "final": history[-1] if history else {}}
 
 
-@torch.inference_mode()
-def _calibrate(network: SuperSimpleNet, cache: FeatureCache, training: TrainingSet, size: tuple[int, int],
-               device: torch.device, batch: int = 32):
-    """Thresholds from the unflipped features of ``training`` (the held-back images, or the fitted ones when
-    none could be held back): scores and maps through the trained heads."""
-    views = len(cache.flips)
-    scores, maps = [], []
-    for start in range(0, cache.num_samples, batch):
-        rows = torch.arange(start, min(start + batch, cache.num_samples)) * views
-        features = cache.features[rows].to(device, torch.float32)
-        map_logits, score_logits = network.decide(network.adaptor(features))
-        scores.append(torch.sigmoid(score_logits).cpu().numpy())
-        maps.extend(network.anomaly_map(map_logits, size)[:, 0].cpu().numpy())
-    masks = [m if use else None for m, use in zip(cache.masks, training.use_mask)]
-    return calibrate(np.concatenate(scores), training.labels.astype(int), maps, masks)
+@dataclass
+class _Scored:
+    """Images scored for calibration: scores and labels (N,), and per image its map and mask at the input size
+    where the mask is known (None elsewhere: only known masks set the pixel threshold)."""
+
+    scores: list[np.ndarray]
+    labels: list[np.ndarray]
+    maps: list[np.ndarray | None]
+    masks: list[np.ndarray | None]
+
+    @torch.inference_mode()
+    def add(self, network: SuperSimpleNet, cache: FeatureCache, samples: np.ndarray, part: TrainingSet,
+            size: tuple[int, int], device: torch.device, batch: int = 32) -> None:
+        """Score ``cache``'s samples ``samples`` (M,) (their unflipped view) with ``network``; ``part`` is the
+        TrainingSet of those M samples (labels, mask rule)."""
+        rows = torch.from_numpy(np.asarray(samples, np.int64)) * len(cache.flips)  # view 0 is unflipped (_settings)
+        for start in range(0, rows.numel(), batch):
+            features = cache.features[rows[start:start + batch]].to(device, torch.float32)
+            map_logits, score_logits = network.decide(network.adaptor(features))
+            self.scores.append(torch.sigmoid(score_logits).cpu().numpy())
+            used = part.use_mask[start:start + batch]
+            if any(used):
+                maps = network.anomaly_map(map_logits, size)[:, 0].cpu().numpy()
+                self.maps.extend(amap if use else None for amap, use in zip(maps, used))
+            else:
+                self.maps.extend([None] * len(used))
+        self.labels.append(part.labels.astype(int))
+        self.masks.extend(cache.masks[i] if use else None for i, use in zip(samples, part.use_mask))
+
+    def thresholds(self) -> Thresholds:
+        return calibrate(np.concatenate(self.scores), self.image_labels, self.maps, self.masks)
+
+    @property
+    def image_labels(self) -> np.ndarray:
+        return np.concatenate(self.labels) if self.labels else np.empty(0, int)
 
 
-def _held_back_features(cache: FeatureCache, holdout: Holdout, calibration: TrainingSet, encode,
-                        size: tuple[int, int], device: torch.device, options: TrainOptions) -> FeatureCache:
-    """Unflipped features of ``calibration``: the held-back samples' rows of the (standardised) training cache,
-    then, encoded now, the samples that never entered it (unsupervised: the train split's defect images,
-    which ``calibration_set`` puts after the held-back ones)."""
-    rows = torch.from_numpy(holdout.held) * len(cache.flips)  # view 0 is the unflipped one (checked in _fit)
-    features, masks = cache.features[rows], [cache.masks[i] for i in holdout.held]
-    unseen = calibration.samples[len(holdout.held):]
-    if unseen:
-        extra = build_feature_cache(unseen, encode, size, IMAGENET_NORMALISATION, ["none"], device=device,
-                                    check_cancel=options.check_cancel)  # encode() standardises
-        features, masks = torch.cat([features, extra.features]), masks + extra.masks
-    return FeatureCache(features=features, flips=("none",), masks=masks)
+def _calibrate_fitted(network: SuperSimpleNet, cache: FeatureCache, training: TrainingSet, size: tuple[int, int],
+                      device: torch.device) -> _Scored:
+    """The old way, when there are too few images for calibration copies: the fitted images' own scores."""
+    scored = _Scored([], [], [], [])
+    scored.add(network, cache, np.arange(cache.num_samples), training, size, device)
+    return scored
 
 
-def _calibrate_held_back(network: SuperSimpleNet, cache: FeatureCache, targets: GridTargets, training: TrainingSet,
-                        train_split: list[Sample], holdout: Holdout, settings: dict, options: TrainOptions,
-                        device: torch.device, rng: np.random.Generator, size: tuple[int, int],
-                        report) -> tuple[Thresholds, TrainingSet]:
-    """(thresholds, the samples they were set on): fit a copy of ``network`` without the held-back samples and
-    set the thresholds on them. ``network`` and the random state are left as they were, so the shipped network's
-    fit on all samples is the same whether or not anything was held back."""
-    calibration_net = deepcopy(network)
-    with random_state_kept(rng):
-        _fit(calibration_net, cache, targets, training, settings, options, device, rng,
-             lambda f, message="", metrics=None: report(0.95 * f, f"calibration copy, {message}", metrics),
-             indices=holdout.fit)
-    calibration = calibration_set(training, train_split, holdout)
-    report(0.95, f"setting thresholds on {len(calibration.samples)} held-back images")
-    held_cache = _held_back_features(cache, holdout, calibration, calibration_net.encode, size, device, options)
-    thresholds = _calibrate(calibration_net, held_cache, calibration, size, device)
-    report(1.0, f"thresholds set on {len(calibration.samples)} held-back images")
-    return thresholds, calibration
+def _calibrate_cross_fitted(network: SuperSimpleNet, cache: FeatureCache, targets: GridTargets,
+                            training: TrainingSet, train_split: list[Sample], crossfit: CrossFit, settings: dict,
+                            options: TrainOptions, device: torch.device, rng: np.random.Generator,
+                            size: tuple[int, int], report) -> _Scored:
+    """Out-of-fold scores (core.training.holdout): per fold, a copy of the untrained ``network`` fitted without
+    that fold scores it. Unsupervised: the train split's defect images, which no copy trains on, are shared out
+    among the copies (image i to copy i mod K), so each of them too is scored by one copy. ``network`` and the
+    random state are left as they were, so the shipped network's fit on all samples is the same as without."""
+    unused = unused_defects(training, train_split)
+    unused_cache = None
+    if unused.samples:
+        report(0.0, f"encoding the {len(unused.samples)} defect images an unsupervised model never trains on")
+        unused_cache = build_feature_cache(unused.samples, network.encode, size, IMAGENET_NORMALISATION, ["none"],
+                                           device=device, check_cancel=options.check_cancel)  # encode() standardises
+    scored, count = _Scored([], [], [], []), len(crossfit.folds)
+    for k, fold in enumerate(crossfit.folds):
+        copy = deepcopy(network)
+        with random_state_kept(rng):
+            _fit(copy, cache, targets, training, settings, options, device, rng,
+                 lambda f, message="", metrics=None: report((k + 0.98 * f) / count,
+                                                            f"calibration copy {k + 1}/{count}, {message}", metrics),
+                 indices=fold.fit)
+        scored.add(copy, cache, fold.held, training.subset(fold.held), size, device)
+        if unused_cache is not None:
+            mine = np.arange(k, len(unused.samples), count)
+            scored.add(copy, unused_cache, mine, unused.subset(mine), size, device)
+    report(1.0, f"thresholds set on {scored.image_labels.size} images' out-of-fold scores")
+    return scored
 
 
 def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
@@ -468,7 +488,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     if device.type == "cpu":
         torch.set_num_threads(_cpu_threads(int(settings["threads"])))
     training = select_samples(dataset.train, options.supervision)
-    holdout = calibration_holdout(training.labels, float(settings["calibration_fraction"]), options.seed)
+    crossfit = calibration_folds(training.labels, settings["calibration_folds"], options.seed)
     if options.backbone == "wide_resnet50_2" and not options.backbone_weights:
         raise TrainingError("backbone wide_resnet50_2 needs --backbone-weights: a torchvision-format "
                             "wide_resnet50_2 state dict file (.safetensors or .pth)")
@@ -481,7 +501,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     size = (int(settings["input_size"][0]), int(settings["input_size"][1]))
 
     # (start, share) of the whole run per stage, in the order they run (rough cost shares on a CPU)
-    spans = ({"features": (0.0, 0.2), "calibrate": (0.2, 0.4), "train": (0.6, 0.4)} if holdout.used
+    spans = ({"features": (0.0, 0.2), "calibrate": (0.2, 0.55), "train": (0.75, 0.25)} if crossfit.used
              else {"features": (0.0, 0.3), "train": (0.3, 0.65), "calibrate": (0.95, 0.05)})
 
     def reporter(stage: str):
@@ -507,18 +527,19 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         cache.standardise(mean, network.feature_std.flatten().cpu())
     targets = build_targets(cache, training, int(settings["dilation"]))
     report_calibrate = reporter("calibrate")
-    if holdout.used:
-        thresholds, calibrated_on = _calibrate_held_back(network, cache, targets, training, dataset.train, holdout,
-                                                         settings, options, device, rng, size, report_calibrate)
+    if crossfit.used:
+        scored = _calibrate_cross_fitted(network, cache, targets, training, dataset.train, crossfit, settings,
+                                         options, device, rng, size, report_calibrate)
     fit = _fit(network, cache, targets, training, settings, options, device, rng, reporter("train"))
-    if not holdout.used:
-        report_calibrate(0.0, f"calibrating thresholds on the training images ({holdout.reason})")
-        thresholds, calibrated_on = _calibrate(network, cache, training, size, device), training
+    if not crossfit.used:
+        report_calibrate(0.0, f"calibrating thresholds on the training images ({crossfit.reason})")
+        scored = _calibrate_fitted(network, cache, training, size, device)
+    thresholds = scored.thresholds()
     meta = new_meta(family=FAMILY, backbone=options.backbone, config=config, input_size=size,
                     normalisation=IMAGENET_NORMALISATION, thresholds=thresholds,
                     dataset={"path": str(Path(dataset.root).resolve()), "hash": dataset.content_hash(),
                              "supervision": options.supervision})
-    meta["calibration"] = describe(holdout, calibrated_on.labels, settings["calibration_fraction"])
+    meta["calibration"] = describe(crossfit, scored.image_labels, settings["calibration_folds"])
     meta["training"] = {**fit, "seed": options.seed, "device": device.type, "flips": list(cache.flips),
                         "images": len(training.samples), "seconds": round(time.monotonic() - started, 1)}
     out = save_package(options.out, network.to("cpu"), meta)
