@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-folds", type=_folds,
                    help="calibration copies of the model, each fitted without one fold of the training images and "
                         "scoring that fold; the OK/NG thresholds are set on these out-of-fold scores and the shipped "
-                        "model is then fitted on all images (supersimplenet and cam; default 3; 0: set them on the "
-                        "fitted images, no copies)")
+                        "model is then fitted on all images (default 2 for supersimplenet, 3 for cam; 0: set them "
+                        "on the fitted images, no copies)")
     p.add_argument("--force", action="store_true", help="overwrite an existing model package at --out")
 
     p = sub.add_parser("evaluate", help="evaluate a model package on a dataset's test split; prints JSON")

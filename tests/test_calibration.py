@@ -6,7 +6,7 @@ import pytest
 
 from core.inference.calibration import CalibrationError, image_thresholds, pixel_threshold
 from core.inference.result import Thresholds, Verdict
-from core.training.holdout import calibration_folds, describe
+from core.training.holdout import OUT_OF_FOLD, calibration_folds, describe
 
 
 def test_verdict_policy_boundaries():
@@ -96,7 +96,7 @@ def test_folds_split_each_class_evenly_at_random_and_every_image_is_left_out_onc
     assert np.array_equal(calibration_folds(labels, 3, seed=1).held, crossfit.held)
     assert not np.array_equal(calibration_folds(labels, 3, seed=2).held, crossfit.held)
     record = describe(crossfit, labels, 3)
-    assert record == {"source": "held-out training images", "folds": 3, "good": 200, "defect": 61, "refit": True,
+    assert record == {"source": OUT_OF_FOLD, "folds": 3, "good": 200, "defect": 61, "refit": True,
                       "note": ""}
 
 

@@ -15,6 +15,7 @@ from core.evaluation import evaluate
 from core.inference.detector import Detector
 from core.inference.package import read_meta
 from core.training.api import TrainingCancelled, TrainingError, TrainOptions, trainer_for
+from core.training.holdout import OUT_OF_FOLD
 
 FAST = {"input_size": 96, "gcm_rounds": 1, "iem_rounds": 2, "calibration_folds": 2}
 
@@ -42,7 +43,7 @@ def test_train_package_load_predict(dataset, tmp_path):
     assert meta["evaluation"]["train_seconds"] > 0
     # two calibration copies of the classifier, each trained without half of each class, scored that half; the
     # OK/NG thresholds were set on all 44 out-of-fold scores before the shipped pipeline ran on all images
-    assert meta["calibration"] == {"source": "held-out training images", "folds": 2, "good": 24, "defect": 20,
+    assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 24, "defect": 20,
                                    "refit": True, "note": ""}
     stages = [e.stage for e in events]
     assert stages.index("features") < stages.index("calibration") < stages.index("dfc")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.data.synthetic import write_synthetic_dataset
+from core.training.holdout import OUT_OF_FOLD
 
 
 def inspector(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -89,7 +90,7 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
 
 def test_train_sets_thresholds_on_out_of_fold_scores_unless_told_not_to(trained, tmp_path):
     dataset, _ = trained
-    for folds, source in (("2", "held-out training images"), ("0", "training images")):
+    for folds, source in (("2", OUT_OF_FOLD), ("0", "training images")):
         model = tmp_path / f"ssn_{folds}"
         done = inspector("train", str(dataset), "--family", "supersimplenet", "--epochs", "1", "--out", str(model),
                          "--calibration-folds", folds)

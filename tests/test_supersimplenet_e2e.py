@@ -13,6 +13,7 @@ from core.inference.detector import Detector
 from core.inference.package import load_package
 from core.metrics import auroc
 from core.training.api import ProgressEvent, TrainingCancelled, TrainOptions, trainer_for
+from core.training.holdout import OUT_OF_FOLD
 
 SIZE = 96  # small images and network input keep each training run to seconds on CI
 
@@ -54,8 +55,8 @@ def test_weak_training_separates_planted_defects(dataset, tmp_path):
     verdicts = [r.verdict.value for r in results]
     good_ng = sum(v == "NG" for v, y in zip(verdicts, labels) if y == 0)
     assert good_ng <= len(labels) // 4
-    # the thresholds came from three calibration copies' out-of-fold scores of all 48 training images
-    assert meta["calibration"] == {"source": "held-out training images", "folds": 3, "good": 32, "defect": 16,
+    # the thresholds came from two calibration copies' out-of-fold scores of all 48 training images
+    assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,
                                    "refit": True, "note": ""}
 
 
@@ -74,11 +75,11 @@ def test_full_supervision_localises_defects(dataset, tmp_path):
 
 
 def test_holding_back_for_calibration_leaves_the_shipped_network_as_it_would_be(dataset, tmp_path):
-    held, _ = _train(dataset, tmp_path / "held", "weak", epochs=1, extra={"calibration_folds": 2})
+    held, _ = _train(dataset, tmp_path / "held", "weak", epochs=1, extra={"calibration_folds": 3})
     plain, _ = _train(dataset, tmp_path / "plain", "weak", epochs=1, extra={"calibration_folds": 0})
     held_package, plain_package = load_package(held), load_package(plain)
     record = held_package.meta["calibration"]
-    assert record["refit"] and (record["folds"], record["good"], record["defect"]) == (2, 32, 16)
+    assert record["refit"] and (record["folds"], record["good"], record["defect"]) == (3, 32, 16)
     assert not plain_package.meta["calibration"]["refit"]
     a, b = held_package.network.state_dict(), plain_package.network.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -88,11 +89,11 @@ def test_holding_back_for_calibration_leaves_the_shipped_network_as_it_would_be(
 def test_unsupervised_and_cancel(dataset, tmp_path):
     path, _ = _train(dataset, tmp_path / "unsup", "unsupervised", epochs=1)
     meta = load_package(path).meta
-    # three calibration copies, each fitted without a third of the 32 good images, scored that third and a third
-    # of the 16 defect images (which never train an unsupervised model); the thresholds were set on those 48
-    # out-of-fold scores, and the shipped network was fitted on all 32
+    # two calibration copies, each fitted without half of the 32 good images, scored that half and half of the 16
+    # defect images (which never train an unsupervised model); the thresholds were set on those 48 out-of-fold
+    # scores, and the shipped network was fitted on all 32
     assert meta["training"]["images"] == 32
-    assert meta["calibration"] == {"source": "held-out training images", "folds": 3, "good": 32, "defect": 16,
+    assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,
                                    "refit": True, "note": ""}
     cancel = threading.Event()
     cancel.set()

@@ -28,8 +28,10 @@ import torch
 
 from core.training.api import TrainingError
 
-DEFAULT_FOLDS = 3         # each copy is fitted on two thirds of each class
+DEFAULT_FOLDS = 3         # each copy is fitted on two thirds of each class (SuperSimpleNet uses 2: its DEFAULTS)
 MIN_HELD = 5              # fewer images of a class than this give no usable quantile
+# calibration["source"] of a cross-fitted package (the Calibrate page says "set on N good and M defect <source>")
+OUT_OF_FOLD = "training images, each scored by a calibration copy that never trained on it"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def calibration_folds(labels: Sequence[int] | np.ndarray, folds: int = DEFAULT_F
 
     All or nothing: when any class present has fewer than MIN_HELD images (or fewer than ``folds``), there are
     no folds (``reason`` says why) and the caller calibrates on the training images as before. (Each copy then
-    keeps at least half of each class.) ``folds`` 0 turns cross-fitting off; 1 is refused (no image would be left out).
+    keeps at least two images of each class.) ``folds`` 0 turns cross-fitting off; 1 is refused (no image would be left out).
     """
     labels = np.asarray(labels).astype(np.int64).ravel()
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 0 or folds == 1:
@@ -88,7 +90,7 @@ def describe(crossfit: CrossFit, calibration_labels: Sequence[int] | np.ndarray,
     """The model package's record of where its thresholds came from: ``calibration_labels`` are the labels of
     the images they were set on. ``refit``: the shipped network was then fitted on all training images."""
     labels = np.asarray(calibration_labels).astype(np.int64).ravel()
-    return {"source": "held-out training images" if crossfit.used else "training images",
+    return {"source": OUT_OF_FOLD if crossfit.used else "training images",
             "folds": int(folds) if crossfit.used else 0, "good": int((labels == 0).sum()),
             "defect": int((labels != 0).sum()), "refit": crossfit.used, "note": crossfit.reason}
 
