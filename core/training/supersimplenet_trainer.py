@@ -443,7 +443,7 @@ class _Scored:
 
 def _calibrate_fitted(network: SuperSimpleNet, cache: FeatureCache, training: TrainingSet, size: tuple[int, int],
                       device: torch.device) -> _Scored:
-    """The old way, when there are too few images for calibration copies: the fitted images' own scores."""
+    """Without calibration copies (too few images, or calibration_folds 0): the fitted images' own scores."""
     scored = _Scored([], [], [], [])
     scored.add(network, cache, np.arange(cache.num_samples), training, size, device)
     return scored
@@ -502,7 +502,10 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     size = (int(settings["input_size"][0]), int(settings["input_size"][1]))
 
     # (start, share) of the whole run per stage, in the order they run (rough cost shares on a CPU)
-    spans = ({"features": (0.0, 0.2), "calibrate": (0.2, 0.55), "train": (0.75, 0.25)} if crossfit.used
+    # with K copies on (K-1)/K of the images each, the copies cost K-1 shipped fits (2 folds: one)
+    copy_cost = len(crossfit.folds) - 1
+    spans = ({"features": (0.0, 0.2), "calibrate": (0.2, 0.8 * copy_cost / (copy_cost + 1)),
+              "train": (0.2 + 0.8 * copy_cost / (copy_cost + 1), 0.8 / (copy_cost + 1))} if crossfit.used
              else {"features": (0.0, 0.3), "train": (0.3, 0.65), "calibrate": (0.95, 0.05)})
 
     def reporter(stage: str):
