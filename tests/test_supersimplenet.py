@@ -137,7 +137,7 @@ def test_calibration_scores_the_unflipped_view_and_keeps_maps_only_where_masks_a
     samples = [Sample(tmp_path / "g0.png", 0), Sample(tmp_path / "d0.png", 1), Sample(tmp_path / "d1.png", 1),
                Sample(tmp_path / "g1.png", 0)]
     part = TrainingSet([samples[i] for i in (1, 2, 3)], [False, True, True], "mixed")
-    scored = _Scored([], [], [], [])
+    scored = _Scored()
     scored.add(network, cache, np.array([1, 2, 3]), part, (16, 16), torch.device("cpu"), batch=2)
     with torch.inference_mode():
         _, logits = network.decide(network.adaptor(features[[2, 4, 6]].float()))   # the unflipped rows

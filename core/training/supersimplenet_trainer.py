@@ -17,7 +17,7 @@ import math
 import os
 import time
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -409,10 +409,10 @@ class _Scored:
     """Images scored for calibration: scores and labels (N,), and per image its map and mask at the input size
     where the mask is known (None elsewhere: only known masks set the pixel threshold)."""
 
-    scores: list[np.ndarray]
-    labels: list[np.ndarray]
-    maps: list[np.ndarray | None]
-    masks: list[np.ndarray | None]
+    scores: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    maps: list[np.ndarray | None] = field(default_factory=list)
+    masks: list[np.ndarray | None] = field(default_factory=list)
 
     @torch.inference_mode()
     def add(self, network: SuperSimpleNet, cache: FeatureCache, samples: np.ndarray, part: TrainingSet,
@@ -444,7 +444,7 @@ class _Scored:
 def _calibrate_fitted(network: SuperSimpleNet, cache: FeatureCache, training: TrainingSet, size: tuple[int, int],
                       device: torch.device) -> _Scored:
     """Without calibration copies (too few images, or calibration_folds 0): the fitted images' own scores."""
-    scored = _Scored([], [], [], [])
+    scored = _Scored()
     scored.add(network, cache, np.arange(cache.num_samples), training, size, device)
     return scored
 
@@ -463,7 +463,7 @@ def _calibrate_cross_fitted(network: SuperSimpleNet, cache: FeatureCache, target
         report(0.0, f"encoding the {len(unused.samples)} defect images an unsupervised model never trains on")
         unused_cache = build_feature_cache(unused.samples, network.encode, size, IMAGENET_NORMALISATION, ["none"],
                                            device=device, check_cancel=options.check_cancel)  # encode() standardises
-    scored, count = _Scored([], [], [], []), len(crossfit.folds)
+    scored, count = _Scored(), len(crossfit.folds)
     for k, fold in enumerate(crossfit.folds):
         copy = deepcopy(network)
         with random_state_kept(rng):
