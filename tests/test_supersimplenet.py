@@ -13,14 +13,14 @@ from core.inference.package import PackageError, load_package, new_meta, save_pa
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.supersimplenet import SuperSimpleNet, make_config
-from core.models.supersimplenet.loss import focal_loss, segmentation_loss, truncated_l1
+from core.models.supersimplenet.loss import focal_loss, segmentation_loss, top_cells_loss, truncated_l1
 from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_noise
 from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
 from core.training.holdout import calibration_folds
 from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, TrainingSet, _Scored,
                                                   _settings, distance_weights, grid_targets, perturb, select_samples,
-                                                  training_step, unused_defects)
+                                                  smooth_noise, training_step, unused_defects)
 
 GRID = (32, 32)
 
@@ -240,6 +240,27 @@ def test_noise_only_inside_the_perlin_mask_and_never_on_known_defects():
     assert torch.all(out.label == 1)  # defect images stay anomalous, noised or not
 
 
+def test_smoothed_noise_keeps_its_spread_but_varies_slowly_between_neighbouring_cells():
+    torch.manual_seed(0)
+    white = torch.randn(8, 6, 32, 32)
+    assert smooth_noise(white, 0.0) is white  # 0: independent per cell, as the papers
+    smooth = smooth_noise(white, 2.0)
+    inner = smooth[..., 8:24, 8:24]  # away from the reflected borders
+    assert smooth.shape == white.shape
+    assert 0.85 < float(inner.std()) < 1.15, "each value must keep the noise std"
+    step = float((inner[..., 1:] - inner[..., :-1]).std())
+    assert step < 0.5 * float((white[..., 1:] - white[..., :-1]).std()), "neighbouring cells must move together"
+    assert smooth_noise(torch.randn(1, 2, 3, 3), 8.0).shape == (1, 2, 3, 3)  # kernel wider than a tiny grid
+
+
+def test_noise_smoothing_is_validated(tmp_path):
+    cpu = torch.device("cpu")
+    given = TrainOptions(out=tmp_path, supervision="weak", extra={"noise_smoothing": {"weak": 1.5, "full": 0}})
+    assert _settings(given, cpu)["noise_smoothing"] == 1.5
+    with pytest.raises(TrainingError, match="noise_smoothing"):
+        _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"noise_smoothing": -1}), cpu)
+
+
 def test_labels_and_masks_follow_the_union_rule():
     batch = 64
     zeros = torch.zeros(batch, 1, *GRID)
@@ -263,6 +284,33 @@ def test_unknown_masks_train_the_score_only():
     assert parts["seg"] == 0.0 and parts["cls"] > 0
     loss.backward()
     assert float(net.cls_head.fc.weight.grad.abs().sum()) > 0
+
+
+def test_top_cells_loss_raises_only_the_highest_cells_until_they_pass_the_margin():
+    logits = torch.full((2, 1, 10, 10), -2.0)
+    logits[0, 0, 0, :5] = 3.0  # image 0 already says defect on 5 cells: past the margin
+    logits.requires_grad_(True)
+    loss = top_cells_loss(logits, share=0.05)  # the top 5 of 100 cells
+    assert float(loss) == pytest.approx((0.5 + 2.0) / 2)  # only image 1 pays, its top-5 mean is -2
+    loss.backward()
+    assert float(logits.grad[0].abs().sum()) == 0.0
+    assert int((logits.grad[1] != 0).sum()) == 5  # five cells of image 1 are pushed, no more
+
+
+def test_unmasked_defects_raise_their_top_cells_only_when_asked():
+    net = SuperSimpleNet(make_config("efficientnet_lite0", seg_width=16), pretrained=False).train()
+    batch = 4
+    zeros = torch.zeros(batch, 1, *GRID, dtype=torch.float16)
+    targets = GridTargets(known=torch.zeros(batch, dtype=torch.bool), label=torch.ones(batch), mask=zeros,
+                          weight=zeros, block=zeros)
+    features = torch.randn(batch, 152, *GRID)
+    settings = {**DEFAULTS, "perlin_threshold": 0.2, "noise_std": 0.015}
+    with torch.no_grad():
+        net.seg_head.layers[-1].bias.fill_(-3.0)  # the map says "normal" everywhere: the top cells lie below +0.5
+    _, off = training_step(net, features, targets, torch.arange(batch), settings, np.random.default_rng(0), False)
+    _, on = training_step(net, features, targets, torch.arange(batch), {**settings, "unmasked_top_cells": 0.01},
+                          np.random.default_rng(0), False)
+    assert off["seg"] == 0.0 and on["seg"] > 0.5  # the hinge: top-cell mean below 0, margin +0.5
 
 
 def test_unsupervised_detaches_the_map_from_the_classification_head():

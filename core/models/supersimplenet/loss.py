@@ -43,6 +43,17 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
     return loss.mean() if weight is None else _weighted_mean(loss, weight)
 
 
+def top_cells_loss(logits: torch.Tensor, share: float, margin: float = TRUNC_MARGIN) -> torch.Tensor:
+    """Multiple-instance loss for defect images without a mask: the mean of each map's top ``share`` of cells
+    should lie above +margin (the truncated-L1 margin), so that somewhere on the image the map says defect.
+
+    logits: (R, 1, h, w) map logits of R defect images; share in (0, 1]. Returns the mean hinge over the R maps."""
+    flat = logits.flatten(1)
+    count = max(1, int(round(share * flat.shape[1])))
+    top = flat.topk(count, dim=1).values.mean(dim=1)
+    return torch.clamp(margin - top, min=0.0).mean()
+
+
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Truncated L1 + focal on the map logits (B, 1, h, w)."""
     return truncated_l1(logits, target, weight) + focal_loss(logits, target, weight)
