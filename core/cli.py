@@ -39,6 +39,17 @@ def _folds(text: str) -> int:
     return value
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE of --set: VALUE as JSON (0.05, true, [1, 2], {"weak": 0.3}), else as a plain word."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a setting name as KEY, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inspector", description="Line-side visual inspection station.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -61,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "scoring that fold; the OK/NG thresholds are set on these out-of-fold scores and the shipped "
                         "model is then fitted on all images (default 2 for supersimplenet, 3 for cam; 0: set them "
                         "on the fitted images, no copies)")
+    p.add_argument("--set", dest="settings", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+                   help="a training setting that has no flag of its own (the trainers' DEFAULTS; docs/results.md says "
+                        "what was measured), e.g. --set unmasked_top_cells=0.05; VALUE is JSON or a plain word; "
+                        "repeatable; unknown settings are refused")
     p.add_argument("--force", action="store_true", help="overwrite an existing model package at --out")
 
     p = sub.add_parser("evaluate", help="evaluate a model package on a dataset's test split; prints JSON")
@@ -156,6 +171,12 @@ def _train(args: argparse.Namespace) -> int:
             raise CliError("--calibration-folds applies to supersimplenet and cam; the baseline fits no network "
                            "and sets its thresholds on all training images")
         extra["calibration_folds"] = args.calibration_folds
+    for key, value in args.settings:
+        if args.family == "baseline":
+            raise CliError("--set applies to supersimplenet and cam; the baseline has no training settings")
+        if key in extra:
+            raise CliError(f"setting {key!r} is given twice (by --set and by its own flag, or by --set twice)")
+        extra[key] = value
     train = trainer_for(args.family)
     options = TrainOptions(out=out, supervision=args.supervision, epochs=args.epochs, device=args.device,
                            seed=args.seed, backbone=args.backbone, backbone_weights=args.backbone_weights,

@@ -96,9 +96,13 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
         train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", supervision="unsupervised"), print)
     with pytest.raises(TrainingError, match="unknown cam training options"):
         train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra={"nope": 1}), print)
-    for rounds in (0, 2.5):
-        with pytest.raises(TrainingError, match="seg_rounds must be a whole number of at least 1"):
-            train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra={"seg_rounds": rounds}), print)
+    refusals = [({"seg_rounds": 0}, "seg_rounds must be a whole number of at least 1"),
+                ({"seg_rounds": 2.5}, "'seg_rounds' cannot be 2.5"),          # a whole number is due
+                ({"clm_weight": "high"}, "'clm_weight' cannot be 'high'"),   # a word where a number belongs
+                ({"background_within": [3]}, "'background_within' cannot be")]
+    for extra, message in refusals:
+        with pytest.raises(TrainingError, match=message):
+            train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra=extra), print)
 
 
 @pytest.mark.timeout(120)

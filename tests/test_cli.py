@@ -86,6 +86,15 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
     done = inspector("train", str(dataset), "--family", "baseline", "--out", str(tmp_path / "b"),
                      "--calibration-folds", "2")
     assert done.returncode == 2 and "applies to supersimplenet and cam" in done.stderr
+    bad_settings = [
+        (("--set", "noise_std"), "expected KEY=VALUE"),
+        (("--set", "no_such_setting=1"), "unknown supersimplenet options"),
+        (("--set", "noise_std=loud"), "'noise_std' cannot be 'loud'"),            # a word where a number belongs
+        (("--set", "calibration_folds=3", "--calibration-folds", "2"), "given twice"),
+    ]
+    for args, message in bad_settings:
+        done = inspector("train", str(dataset), "--family", "supersimplenet", "--out", str(tmp_path / "s"), *args)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
 
 
 def test_train_sets_thresholds_on_out_of_fold_scores_unless_told_not_to(trained, tmp_path):
@@ -93,10 +102,11 @@ def test_train_sets_thresholds_on_out_of_fold_scores_unless_told_not_to(trained,
     for folds, source in (("2", OUT_OF_FOLD), ("0", "training images")):
         model = tmp_path / f"ssn_{folds}"
         done = inspector("train", str(dataset), "--family", "supersimplenet", "--epochs", "1", "--out", str(model),
-                         "--calibration-folds", folds)
+                         "--calibration-folds", folds, "--set", 'noise_std={"weak": 0.3}')
         assert done.returncode == 0, done.stderr
         meta = json.loads((model / "model.json").read_text())
         assert meta["calibration"]["source"] == source, meta["calibration"]
+        assert meta["training"]["settings"]["noise_std"] == 0.3  # --set reached the trainer; the package says so
     # two copies, each fitted on half of the 30 good and of the 10 defect images, scored the other half: all 40
     # images' out-of-fold scores set the thresholds; the shipped network trained on all 40
     meta_held = json.loads((tmp_path / "ssn_2" / "model.json").read_text())

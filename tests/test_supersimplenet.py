@@ -253,12 +253,25 @@ def test_smoothed_noise_keeps_its_spread_but_varies_slowly_between_neighbouring_
     assert smooth_noise(torch.randn(1, 2, 3, 3), 8.0).shape == (1, 2, 3, 3)  # kernel wider than a tiny grid
 
 
-def test_noise_smoothing_is_validated(tmp_path):
+def test_settings_of_the_wrong_kind_or_range_are_refused_before_training(tmp_path):
     cpu = torch.device("cpu")
     given = TrainOptions(out=tmp_path, supervision="weak", extra={"noise_smoothing": {"weak": 1.5, "full": 0}})
     assert _settings(given, cpu)["noise_smoothing"] == 1.5
-    with pytest.raises(TrainingError, match="noise_smoothing"):
-        _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"noise_smoothing": -1}), cpu)
+    accepted = [{"noise_std": 0.3}, {"noise_std": {"weak": 1}}, {"epochs_cpu": 3}, {"lr_heads": 1e-3}, {"paper": True}]
+    for extra in accepted:
+        _settings(TrainOptions(out=tmp_path, supervision="weak", extra=extra), cpu)
+    refused = [({"noise_smoothing": -1}, "noise_smoothing must be between"),
+               ({"unmasked_top_cells": 1.5}, "unmasked_top_cells must be a share"),
+               ({"noise_std": "loud"}, "'noise_std' cannot be 'loud'"),
+               ({"epochs_cpu": {"weak": 2.5}}, "'epochs_cpu' cannot be"),          # epochs are whole numbers
+               ({"noise_std": {"sometimes": 0.3}}, "'noise_std' cannot be"),       # not a regime
+               ({"calibration_folds": 2.0}, "'calibration_folds' cannot be 2.0"),
+               ({"paper": 1}, "'paper' cannot be 1"),                             # true/false, not a number
+               ({"flips": "h"}, "'flips' cannot be 'h'"),
+               ({"seg_width": {"weak": 64}}, "'seg_width' cannot be")]           # network sizes: one for all regimes
+    for extra, message in refused:
+        with pytest.raises(TrainingError, match=message):
+            _settings(TrainOptions(out=tmp_path, supervision="weak", extra=extra), cpu)
 
 
 def test_labels_and_masks_follow_the_union_rule():

@@ -27,6 +27,32 @@ class TrainingError(ValueError):
     """Training cannot start or go on (e.g. the dataset does not fit the chosen supervision)."""
 
 
+def check_setting_kinds(given: dict, defaults: dict, family: str, per_regime: bool = False) -> None:
+    """Refuse a setting (TrainOptions.extra, e.g. from the CLI's --set) whose value is not of its default's kind,
+    before training starts rather than as a TypeError minutes in. Kinds: true/false; a number (a whole number where
+    the default is one); a list; text; None defaults take a number or None. ``per_regime``: a number may also be given
+    as {regime: number} and such a mapping as one number. Settings without a default are not checked here."""
+    def is_number(value, whole: bool = False) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (not whole or isinstance(value, int))
+
+    def fits(value, default) -> bool:
+        if default is None:
+            return value is None or is_number(value)
+        if isinstance(default, bool):
+            return isinstance(value, bool)
+        if is_number(default) or (per_regime and isinstance(default, dict)):
+            example = default if is_number(default) else next(iter(default.values()))
+            whole = isinstance(example, int)
+            if per_regime and isinstance(value, dict):
+                return set(value) <= set(SUPERVISIONS) and all(is_number(v, whole) for v in value.values())
+            return is_number(value, whole)
+        return isinstance(value, type(default))
+
+    for key, value in given.items():
+        if key in defaults and not fits(value, defaults[key]):
+            raise TrainingError(f"{family} setting {key!r} cannot be {value!r}: its default is {defaults[key]!r}")
+
+
 @dataclass
 class TrainOptions:
     out: Path

@@ -42,7 +42,7 @@ from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION, backbone_channels, build_backbone
 from core.models.cam_classifier import CamHead, DefectFocusClassifier
 from core.models.cam_segmenter import DEFAULT_CONFIG, CamSegmenter
-from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions
+from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions, check_setting_kinds
 from core.training.cam.contrastive import Projection
 from core.training.cam.crf import IGNORE
 from core.training.cam.dfc import HeadSchedule, cams_from_features, image_classifier, train_head
@@ -104,6 +104,7 @@ class CamConfig:
         unknown = sorted(set(extra) - set(known))
         if unknown:
             raise TrainingError(f"unknown cam training options {unknown}; known: {sorted(known)}")
+        check_setting_kinds(extra, {f.name: f.default for f in fields(cls)}, "cam")
         config = cls(**extra)
         if not isinstance(config.seg_rounds, int) or config.seg_rounds < 1:
             raise TrainingError(f"seg_rounds must be a whole number of at least 1, got {config.seg_rounds!r}")

@@ -31,11 +31,11 @@ from core.inference.detector import resolve_device
 from core.inference.package import new_meta, save_package
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
-from core.models.supersimplenet import FAMILY, SuperSimpleNet, make_config
+from core.models.supersimplenet import CPU_CONFIG, FAMILY, SuperSimpleNet, make_config
 from core.models.supersimplenet.torch_model import GaussianSmoothing
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, top_cells_loss
 from core.models.supersimplenet.perlin import perlin_masks
-from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions
+from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions, check_setting_kinds
 from core.training.feature_cache import FeatureCache, build_feature_cache, flip
 from core.training.holdout import CrossFit, calibration_folds, describe, random_state_kept
 
@@ -355,6 +355,8 @@ def _settings(options: TrainOptions, device: torch.device) -> dict:
     if unknown:
         raise TrainingError(f"unknown supersimplenet options {sorted(unknown)}; known: "
                             f"{sorted(set(DEFAULTS) | set(_NETWORK_KEYS))}")
+    check_setting_kinds(options.extra, DEFAULTS, FAMILY, per_regime=True)
+    check_setting_kinds(options.extra, {key: CPU_CONFIG[key] for key in _NETWORK_KEYS}, FAMILY)  # one for all regimes
     settings = {**DEFAULTS, **options.extra}
     if options.epochs is not None:
         epochs = options.epochs
@@ -575,7 +577,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
                              "supervision": options.supervision})
     meta["calibration"] = describe(crossfit, scored.image_labels, settings["calibration_folds"])
     meta["training"] = {**fit, "seed": options.seed, "device": device.type, "flips": list(cache.flips),
-                        "images": len(training.samples), "seconds": round(time.monotonic() - started, 1)}
+                        "images": len(training.samples), "seconds": round(time.monotonic() - started, 1),
+                        "settings": settings}  # every training setting as resolved for this run, for reproduction
     out = save_package(options.out, network.to("cpu"), meta)
     progress(ProgressEvent(stage="done", fraction=1.0, message=f"model package written to {out}",
                            eta_s=0.0, metrics={"seconds": round(time.monotonic() - started, 1)}))
