@@ -8,7 +8,8 @@ image with a mask in each split, then prints, for thresholds 0.05..0.95, the mea
 ``miou`` of ``inspector evaluate``), the best threshold and the per-type mIoU at the best and at the
 package's threshold, and an upper bound for any threshold rule: the mIoU when each image gets the best of
 ten quantiles of its own map as threshold, chosen with its own mask (an oracle). If the package's threshold sits
-at the test optimum and even the oracle misses a bar, mIoU is limited by the maps, not by calibration. Reading the test split here is for diagnosis only; never choose a threshold from it.
+at the test optimum and even the oracle misses a bar, mIoU is limited by the maps, not by calibration. Reading
+the test split here is for diagnosis only; never choose a threshold from it.
 """
 from __future__ import annotations
 

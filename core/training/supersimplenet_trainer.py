@@ -61,10 +61,12 @@ DEFAULTS: dict = {
     "noise_std": {"unsupervised": 0.2, "weak": 0.35, "mixed": 0.2, "full": 0.2},
     # Spatial smoothness of that noise: Gaussian sigma in grid cells, once or per regime; 0 = independent noise per
     # cell, as the papers. Real features are 3x3-pooled and upsampled, so smooth; independent noise makes noised
-    # cells rough next to their neighbours, a cue the 5x5 classification head can use instead of the feature values.
+    # cells rough next to their neighbours, a cue the 5x5 classification head could use instead of the feature
+    # values. On mtd, sigma 1 and 2 did not help either regime tried (unsupervised, weak; docs/results.md).
     "noise_smoothing": 0.0,
     # Share of the map's cells that a defect image without a mask must raise (multiple-instance loss on the top
     # cells, core.models.supersimplenet.loss.top_cells_loss); 0: such images train the score only, as the papers.
+    # Weak on mtd, 0.05 over 3 seeds: mIoU 0.071 -> 0.114 but pixel AP 0.147 -> 0.129 (docs/results.md), so 0 stays.
     "unmasked_top_cells": 0.0,
     "standardise": True,       # per-channel standardised features (see SuperSimpleNet.feature_mean)
     "perlin_threshold_unsupervised": 0.2,  # unsupervised and weak
