@@ -156,6 +156,7 @@ def _print_json(report: dict, json_out: str | None) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from core.data.dataset import open_dataset
+    from core.inference.package import read_meta
     from core.training.api import StderrProgress, TrainOptions, trainer_for
 
     out = Path(args.out)
@@ -186,8 +187,11 @@ def _train(args: argparse.Namespace) -> int:
           f"{counts['good']} good, {counts['defect']} defect ({counts['segmented']} with masks)", file=sys.stderr)
     start = time.perf_counter()
     package = train(dataset, options, StderrProgress())
+    calibration = read_meta(package).get("calibration", {})
     _print_json({"package": str(package), "family": args.family, "supervision": args.supervision,
-                 "seconds": round(time.perf_counter() - start, 1)}, None)
+                 "seconds": round(time.perf_counter() - start, 1),
+                 # how much of the images the thresholds were set on they send to REVIEW (share of good, of defect)
+                 "review": calibration.get("review")}, None)
     return 0
 
 

@@ -13,7 +13,7 @@ import pyqtgraph as pg
 from PySide6.QtWidgets import (QDoubleSpinBox, QGroupBox, QHBoxLayout, QLabel, QPushButton,
                                QVBoxLayout, QWidget)
 
-from core.inference.calibration import CalibrationError, image_thresholds
+from core.inference.calibration import CalibrationError, image_thresholds, review_shares
 from core.inference.result import Thresholds
 from inspector import workers
 from inspector.styles import THRESHOLD_PENS, VERDICT_COLOURS
@@ -289,6 +289,7 @@ class CalibrateView(QWidget):
             return
         ok, ng = self.thresholds()
         model, db, user = self.model, self.context.db, self.context.user
+        scores, labels = self.scores, self.labels
         tagged = {"good": int((self.labels == 0).sum()), "defect": int((self.labels == 1).sum())}
 
         def work():
@@ -297,7 +298,8 @@ class CalibrateView(QWidget):
             meta = read_meta(model.package_path)
             thresholds = Thresholds(ok=round(ok, 6), ng=round(ng, 6), pixel=float(meta["thresholds"]["pixel"]))
             meta["thresholds"] = thresholds.to_dict()
-            meta["calibration"] = {"source": "tagged images, on the Calibrate page", **tagged, "note": ""}
+            meta["calibration"] = {"source": "tagged images, on the Calibrate page", **tagged, "note": "",
+                                   "review": review_shares(scores, labels, thresholds)}
             write_meta(model.package_path, meta)
             db.update_model_meta(model.id, meta, user)
             return thresholds
@@ -316,5 +318,12 @@ def _calibration_origin(record: object) -> str:
     """' Its thresholds were set on …' from a package's meta["calibration"] ('' when it has none)."""
     if not isinstance(record, dict) or "source" not in record:
         return ""
-    return (f" Its thresholds were set on {record.get('good', '?')} good and {record.get('defect', '?')} defect "
-            f"{record['source']}.")
+    origin = (f" Its thresholds were set on {record.get('good', '?')} good and {record.get('defect', '?')} defect "
+              f"{record['source']}.")
+    review = record.get("review")
+    if isinstance(review, dict) and isinstance(review.get("good"), (int, float)):
+        defect = review.get("defect")
+        origin += (f" They sent {review['good']:.0%} of those good"
+                   + (f" and {defect:.0%} of those defect" if isinstance(defect, (int, float)) else "")
+                   + " images to REVIEW.")
+    return origin

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.inference.calibration import CalibrationError, image_thresholds, pixel_threshold
+from core.inference.calibration import CalibrationError, image_thresholds, pixel_threshold, review_shares
 from core.inference.result import Thresholds, Verdict
 from core.training.holdout import OUT_OF_FOLD, calibration_folds, describe
 
@@ -95,16 +95,23 @@ def test_folds_split_each_class_evenly_at_random_and_every_image_is_left_out_onc
     assert np.array_equal(np.sort(crossfit.held), np.arange(261))   # each image left out by exactly one copy
     assert np.array_equal(calibration_folds(labels, 3, seed=1).held, crossfit.held)
     assert not np.array_equal(calibration_folds(labels, 3, seed=2).held, crossfit.held)
-    record = describe(crossfit, labels, 3)
+    scores = np.r_[np.linspace(0.0, 0.5, 200), np.linspace(0.4, 1.0, 61)]
+    record = describe(crossfit, labels, 3, scores, Thresholds(ok=0.4, ng=0.6, pixel=0.5))
+    in_band = (scores >= 0.4) & (scores < 0.6)
     assert record == {"source": OUT_OF_FOLD, "folds": 3, "good": 200, "defect": 61, "refit": True,
-                      "note": ""}
+                      "note": "", "review": {"good": round(in_band[:200].mean(), 4),
+                                             "defect": round(in_band[200:].mean(), 4)}}
+    assert 0.15 < record["review"]["good"] < 0.25 and 0.3 < record["review"]["defect"] < 0.35
 
 
 def test_too_few_images_of_a_class_make_no_folds_and_say_why():
     labels = np.r_[np.zeros(200, int), np.ones(4, int)]   # 4 defects: no usable quantile
     crossfit = calibration_folds(labels, 3)
     assert not crossfit.used and crossfit.held.size == 0 and "4 defect images" in crossfit.reason
-    assert describe(crossfit, labels, 3)["source"] == "training images"
+    record = describe(crossfit, labels, 3, np.zeros(204), Thresholds(ok=0.5, ng=0.5, pixel=0.5))
+    assert record["source"] == "training images" and record["review"] == {"good": 0.0, "defect": 0.0}
+    no_defects = review_shares(np.array([0.1, 0.5]), np.array([0, 0]), Thresholds(ok=0.4, ng=0.6, pixel=0.5))
+    assert no_defects == {"good": 0.5, "defect": None}
     assert calibration_folds(np.r_[np.zeros(200, int), np.ones(5, int)], 3).used
     assert not calibration_folds(np.r_[np.zeros(200, int), np.ones(7, int)], 8).used   # a fold without a defect
     off = calibration_folds(labels, 0)

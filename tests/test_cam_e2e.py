@@ -43,6 +43,8 @@ def test_train_package_load_predict(dataset, tmp_path):
     assert meta["evaluation"]["train_seconds"] > 0
     # two calibration copies of the classifier, each trained without half of each class, scored that half; the
     # OK/NG thresholds were set on all 44 out-of-fold scores before the shipped pipeline ran on all images
+    review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
+    assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 24, "defect": 20,
                                    "refit": True, "note": ""}
     stages = [e.stage for e in events]

@@ -107,6 +107,8 @@ def test_train_sets_thresholds_on_out_of_fold_scores_unless_told_not_to(trained,
         meta = json.loads((model / "model.json").read_text())
         assert meta["calibration"]["source"] == source, meta["calibration"]
         assert meta["training"]["settings"]["noise_std"] == 0.3  # --set reached the trainer; the package says so
+        said = json.loads(done.stdout)["review"]  # the shares of good and defect images the thresholds leave to REVIEW
+        assert said == meta["calibration"]["review"] and 0.0 <= said["good"] <= 1.0 and 0.0 <= said["defect"] <= 1.0
     # two copies, each fitted on half of the 30 good and of the 10 defect images, scored the other half: all 40
     # images' out-of-fold scores set the thresholds; the shipped network trained on all 40
     meta_held = json.loads((tmp_path / "ssn_2" / "model.json").read_text())

@@ -371,8 +371,12 @@ def test_retrain_promote_roll_back_and_calibrate(app_window, qtbot, station):
     assert record["source"] == "tagged images, on the Calibrate page"
     assert (record["good"], record["defect"]) == (int((labels == 0).sum()), int((labels == 1).sum()))
     calibrate.reload()
+    in_review = (scores >= ok) & (scores < ng)
+    assert record["review"] == {"good": round(float(in_review[labels == 0].mean()), 4),
+                                "defect": round(float(in_review[labels == 1].mean()), 4)}
     said = (f"Its thresholds were set on {record['good']} good and {record['defect']} defect tagged images, "
-            "on the Calibrate page.")
+            f"on the Calibrate page. They sent {record['review']['good']:.0%} of those good and "
+            f"{record['review']['defect']:.0%} of those defect images to REVIEW.")
     qtbot.waitUntil(lambda: said in calibrate.source_label.text(), timeout=WAIT)
     assert window.errors == []
 

@@ -56,6 +56,8 @@ def test_weak_training_separates_planted_defects(dataset, tmp_path):
     good_ng = sum(v == "NG" for v, y in zip(verdicts, labels) if y == 0)
     assert good_ng <= len(labels) // 4
     # the thresholds came from two calibration copies' out-of-fold scores of all 48 training images
+    review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
+    assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,
                                    "refit": True, "note": ""}
 
@@ -93,6 +95,8 @@ def test_unsupervised_and_cancel(dataset, tmp_path):
     # defect images (which never train an unsupervised model); the thresholds were set on those 48 out-of-fold
     # scores, and the shipped network was fitted on all 32
     assert meta["training"]["images"] == 32
+    review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
+    assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,
                                    "refit": True, "note": ""}
     cancel = threading.Event()

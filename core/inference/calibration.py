@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.inference.result import Thresholds
+from core.inference.result import Thresholds, Verdict
 
 
 class CalibrationError(ValueError):
@@ -84,3 +84,19 @@ def calibrate(scores: np.ndarray, labels: np.ndarray, maps: list[np.ndarray],
               masks: list[np.ndarray | None]) -> Thresholds:
     ok, ng = image_thresholds(scores, labels)
     return Thresholds(ok=ok, ng=ng, pixel=pixel_threshold(maps, masks))
+
+
+def review_shares(scores: np.ndarray, labels: np.ndarray, thresholds: Thresholds) -> dict[str, float | None]:
+    """{"good", "defect"}: the share of the good and of the defect images among scores (N,) / labels (N,) that
+    ``thresholds`` send to REVIEW (None without images of the class). A model that cannot tell the classes apart
+    gets a wide REVIEW band; this says how much of the line it would leave to people."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.shape != labels.shape:
+        raise CalibrationError(f"{scores.size} scores for {labels.size} labels")
+    in_review = np.array([thresholds.verdict(float(s)) is Verdict.REVIEW for s in scores], dtype=bool)
+
+    def share(of_class: np.ndarray) -> float | None:
+        return round(float(in_review[of_class].mean()), 4) if of_class.any() else None
+
+    return {"good": share(~labels), "defect": share(labels)}

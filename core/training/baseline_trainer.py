@@ -65,7 +65,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     good_peaks = np.asarray([p for p, l in zip(peaks, labels) if l == 0])
     network.scale.fill_(float(np.median(good_peaks)) / math.log(2.0))  # median good image scores 0.5
     scores = 1.0 - np.exp(-np.asarray(peaks) / float(network.scale))
-    meta["thresholds"] = calibrate(scores, np.asarray(labels), maps, masks).to_dict()
+    thresholds = calibrate(scores, np.asarray(labels), maps, masks)
+    meta["thresholds"] = thresholds.to_dict()
     no_copies = CrossFit((), "the baseline fits per-pixel statistics, not a network, so it has no calibration copies")
-    meta["calibration"] = describe(no_copies, labels, 0)
+    meta["calibration"] = describe(no_copies, labels, 0, scores, thresholds)
     return save_package(options.out, network, meta)

@@ -243,9 +243,11 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
 
     stages.begin("calibrate", "pixel threshold from the pseudo masks; OK/NG from the "
                  + ("out-of-fold scores" if held_cut else f"training images ({crossfit.reason})"))
-    thresholds = _calibrate(model, feats, data.images, labels, masks, norm, device)
+    thresholds, fitted_scores = _calibrate(model, feats, data.images, labels, masks, norm, device)
+    calibration_scores = fitted_scores
     if held_cut is not None:
         thresholds = Thresholds(ok=held_cut[0], ng=held_cut[1], pixel=thresholds.pixel)
+        calibration_scores = scores
     stages.end(pixel=thresholds.pixel, ok=thresholds.ok, ng=thresholds.ng)
 
     config = {"network": pipeline.network_config, "training": asdict(cfg), "seed": options.seed,
@@ -254,7 +256,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
               "total_cpu_seconds": round(sum(stages.cpu_seconds.values()), 1)}
     meta = new_meta(config=config, thresholds=thresholds,
                     evaluation={"train_seconds": config["total_seconds"]}, **meta_base)
-    meta["calibration"] = describe(crossfit, labels, cfg.calibration_folds)
+    meta["calibration"] = describe(crossfit, labels, cfg.calibration_folds, calibration_scores, thresholds)
     if keep is not None:
         (keep / "config.json").write_text(json.dumps(config, indent=2))
     return save_package(options.out, model.cpu(), meta)
@@ -357,7 +359,7 @@ class _Pipeline:
                       on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs, f"epoch {e + 1}", loss=loss))
         stages.end()
         if keep is not None:
-            round1 = _calibrate(model, feats, images, labels, masks, norm, device)
+            round1, _ = _calibrate(model, feats, images, labels, masks, norm, device)
             save_package(keep / "seg1", model, new_meta(config={"network": self.network_config}, thresholds=round1,
                                                         **meta_base))
 
@@ -380,9 +382,9 @@ class _Pipeline:
 
 
 def _calibrate(model: CamSegmenter, feats: torch.Tensor, images: np.ndarray, labels: np.ndarray,
-               masks: np.ndarray, norm: dict, device: torch.device) -> Thresholds:
-    """Thresholds from the fitted images: OK/NG from their scores and labels; the pixel threshold that best fits
-    their pseudo masks over the non-ignored pixels (good images: all background)."""
+               masks: np.ndarray, norm: dict, device: torch.device) -> tuple[Thresholds, np.ndarray]:
+    """(Thresholds from the fitted images, their scores (N,)): OK/NG from the scores and labels; the pixel threshold
+    that best fits their pseudo masks over the non-ignored pixels (good images: all background)."""
     scores, maps = predict_from_features(model, feats, images, norm, device=device)
     ok, ng = image_thresholds(scores, labels)
     valid = [m != IGNORE for m in masks]
@@ -391,7 +393,7 @@ def _calibrate(model: CamSegmenter, feats: torch.Tensor, images: np.ndarray, lab
                                 [(m[v] == 1) & bool(label) for m, v, label in zip(masks, valid, labels)])
     except CalibrationError:
         pixel = 0.5
-    return Thresholds(ok=ok, ng=ng, pixel=float(pixel))
+    return Thresholds(ok=ok, ng=ng, pixel=float(pixel)), np.asarray(scores, dtype=np.float64)
 
 
 def _keep_head(keep: Path | None, name: str, head: CamHead) -> None:

@@ -26,6 +26,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from core.inference.calibration import review_shares
+from core.inference.result import Thresholds
 from core.training.api import TrainingError
 
 DEFAULT_FOLDS = 3         # each copy is fitted on two thirds of each class (SuperSimpleNet uses 2: its DEFAULTS)
@@ -86,13 +88,17 @@ def calibration_folds(labels: Sequence[int] | np.ndarray, folds: int = DEFAULT_F
                           for k in range(folds)), "")
 
 
-def describe(crossfit: CrossFit, calibration_labels: Sequence[int] | np.ndarray, folds: int) -> dict:
-    """The model package's record of where its thresholds came from: ``calibration_labels`` are the labels of
-    the images they were set on. ``refit``: the shipped network was then fitted on all training images."""
+def describe(crossfit: CrossFit, calibration_labels: Sequence[int] | np.ndarray, folds: int,
+             scores: Sequence[float] | np.ndarray, thresholds: Thresholds) -> dict:
+    """The model package's record of where its thresholds came from: ``calibration_labels`` and ``scores`` (N,)
+    are the labels and scores of the images they were set on. ``refit``: the shipped network was then fitted on
+    all training images. ``review``: the share of those good and of those defect images sent to REVIEW
+    (core.inference.calibration.review_shares), shown on the Calibrate page."""
     labels = np.asarray(calibration_labels).astype(np.int64).ravel()
     return {"source": OUT_OF_FOLD if crossfit.used else "training images",
             "folds": int(folds) if crossfit.used else 0, "good": int((labels == 0).sum()),
-            "defect": int((labels != 0).sum()), "refit": crossfit.used, "note": crossfit.reason}
+            "defect": int((labels != 0).sum()), "refit": crossfit.used, "note": crossfit.reason,
+            "review": review_shares(np.asarray(scores), labels, thresholds)}
 
 
 @contextmanager

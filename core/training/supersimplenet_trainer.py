@@ -577,7 +577,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
                     normalisation=IMAGENET_NORMALISATION, thresholds=thresholds,
                     dataset={"path": str(Path(dataset.root).resolve()), "hash": dataset.content_hash(),
                              "supervision": options.supervision})
-    meta["calibration"] = describe(crossfit, scored.image_labels, settings["calibration_folds"])
+    meta["calibration"] = describe(crossfit, scored.image_labels, settings["calibration_folds"],
+                                   np.concatenate(scored.scores), thresholds)
     meta["training"] = {**fit, "seed": options.seed, "device": device.type, "flips": list(cache.flips),
                         "images": len(training.samples), "seconds": round(time.monotonic() - started, 1),
                         "settings": settings}  # every training setting as resolved for this run, for reproduction
