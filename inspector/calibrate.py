@@ -65,6 +65,7 @@ class CalibrateView(QWidget):
         title.setObjectName("pageTitle")
         self.source_label = QLabel("")
         self.source_label.setObjectName("hint")
+        self.source_label.setWordWrap(True)  # the thresholds' origin and REVIEW shares run to two lines
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "score", color="#24292f")
