@@ -286,12 +286,18 @@ def test_labels_and_masks_follow_the_union_rule():
     assert out.known.shape == (2 * batch,) and out.weight.shape == out.target.shape
 
 
-def test_unknown_masks_train_the_score_only():
+def _defects_without_masks(batch: int) -> tuple[SuperSimpleNet, GridTargets]:
+    """A small untrained network and the grid targets of ``batch`` defect images whose masks are unknown."""
     net = SuperSimpleNet(make_config("efficientnet_lite0", seg_width=16), pretrained=False).train()
-    batch = 4
     zeros = torch.zeros(batch, 1, *GRID, dtype=torch.float16)
     targets = GridTargets(known=torch.zeros(batch, dtype=torch.bool), label=torch.ones(batch), mask=zeros,
                           weight=zeros, block=zeros)
+    return net, targets
+
+
+def test_unknown_masks_train_the_score_only():
+    batch = 4
+    net, targets = _defects_without_masks(batch)
     loss, parts = training_step(net, torch.randn(batch, 152, *GRID), targets, torch.arange(batch),
                                 {**DEFAULTS, "perlin_threshold": 0.2, "noise_std": 0.015}, np.random.default_rng(0), detach_map=False)
     assert parts["seg"] == 0.0 and parts["cls"] > 0
@@ -311,11 +317,8 @@ def test_top_cells_loss_raises_only_the_highest_cells_until_they_pass_the_margin
 
 
 def test_unmasked_defects_raise_their_top_cells_only_when_asked():
-    net = SuperSimpleNet(make_config("efficientnet_lite0", seg_width=16), pretrained=False).train()
     batch = 4
-    zeros = torch.zeros(batch, 1, *GRID, dtype=torch.float16)
-    targets = GridTargets(known=torch.zeros(batch, dtype=torch.bool), label=torch.ones(batch), mask=zeros,
-                          weight=zeros, block=zeros)
+    net, targets = _defects_without_masks(batch)
     features = torch.randn(batch, 152, *GRID)
     settings = {**DEFAULTS, "perlin_threshold": 0.2, "noise_std": 0.015}
     with torch.no_grad():
