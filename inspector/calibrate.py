@@ -13,22 +13,13 @@ import pyqtgraph as pg
 from PySide6.QtWidgets import (QDoubleSpinBox, QGroupBox, QHBoxLayout, QLabel, QPushButton,
                                QVBoxLayout, QWidget)
 
-from core.inference.calibration import CalibrationError, image_thresholds, review_shares
+from core.inference.calibration import CalibrationError, image_thresholds, outcome_rates, review_shares
 from core.inference.result import Thresholds
 from inspector import workers
 from inspector.styles import THRESHOLD_PENS, VERDICT_COLOURS
 
 log = logging.getLogger(__name__)
 BINS = 50
-
-
-def rates(scores: np.ndarray, labels: np.ndarray, ok: float, ng: float) -> dict[str, float | None]:
-    """Outcome shares for thresholds (ok, ng). labels: 1 = NG-tagged. miss: NG parts passed as OK;
-    false_alarm: OK parts called NG; review: all parts sent to REVIEW. None where there are no such parts."""
-    good, bad = scores[labels == 0], scores[labels == 1]
-    return {"miss": float(np.mean(bad < ok)) if bad.size else None,
-            "false_alarm": float(np.mean(good >= ng)) if good.size else None,
-            "review": float(np.mean((scores >= ok) & (scores < ng))) if scores.size else None}
 
 
 def rescore_tagged(db, package_path: str, device: str, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +235,7 @@ class CalibrateView(QWidget):
                 self.ng_line.setValue(ok)
             self._setting = False
             ok, ng = self.thresholds()
-        r = rates(self.scores, self.labels, ok, ng)
+        r = outcome_rates(self.scores, self.labels, ok, ng)
         pct = lambda v: "— (no such tags)" if v is None else f"{100 * v:.1f} %"  # noqa: E731
         self.readout.setText(f"OK below {ok:.3f}, NG from {ng:.3f}\n\nMissed defects: {pct(r['miss'])}\n"
                              f"False alarms: {pct(r['false_alarm'])}\nSent to REVIEW: {pct(r['review'])}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.inference.calibration import CalibrationError, image_thresholds, pixel_threshold, review_shares
+from core.inference.calibration import (CalibrationError, image_thresholds, outcome_rates, pixel_threshold,
+                                        review_shares)
 from core.inference.result import Thresholds, Verdict
 from core.training.holdout import OUT_OF_FOLD, calibration_folds, describe
 
@@ -119,3 +120,17 @@ def test_too_few_images_of_a_class_make_no_folds_and_say_why():
     for bad in (-1, 1, 2.5, True):
         with pytest.raises(ValueError, match="calibration_folds"):
             calibration_folds(labels, bad)
+
+
+def test_outcome_rates_follow_the_verdict_policy():
+    scores = np.array([0.1, 0.4, 0.6, 0.3, 0.5, 0.9])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    thresholds = Thresholds(ok=0.4, ng=0.6, pixel=0.5)
+    rates = outcome_rates(scores, labels, thresholds.ok, thresholds.ng)
+    verdicts = [thresholds.verdict(s) for s in scores]  # OK, REVIEW, NG | OK, REVIEW, NG
+    assert verdicts == [Verdict.OK, Verdict.REVIEW, Verdict.NG] * 2
+    assert rates == {"miss": pytest.approx(1 / 3), "false_alarm": pytest.approx(1 / 3), "review": pytest.approx(2 / 6),
+                     "review_good": pytest.approx(1 / 3), "review_defect": pytest.approx(1 / 3)}
+    assert outcome_rates(np.empty(0), np.empty(0), 0.4, 0.6) == dict.fromkeys(rates)  # no parts: nothing to say
+    with pytest.raises(CalibrationError, match="3 scores for 2 labels"):
+        outcome_rates(np.zeros(3), np.zeros(2), 0.4, 0.6)

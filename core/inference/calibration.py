@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.inference.result import Thresholds, Verdict
+from core.inference.result import Thresholds
 
 
 class CalibrationError(ValueError):
@@ -86,17 +86,31 @@ def calibrate(scores: np.ndarray, labels: np.ndarray, maps: list[np.ndarray],
     return Thresholds(ok=ok, ng=ng, pixel=pixel_threshold(maps, masks))
 
 
-def review_shares(scores: np.ndarray, labels: np.ndarray, thresholds: Thresholds) -> dict[str, float | None]:
-    """{"good", "defect"}: the share of the good and of the defect images among scores (N,) / labels (N,) that
-    ``thresholds`` send to REVIEW (None without images of the class). A model that cannot tell the classes apart
-    gets a wide REVIEW band; this says how much of the line it would leave to people."""
-    labels = np.asarray(labels).astype(bool).ravel()
+def outcome_rates(scores: np.ndarray, labels: np.ndarray, ok: float, ng: float) -> dict[str, float | None]:
+    """Outcome shares of thresholds (ok, ng) on scores (N,) with labels (N,) (1 = defect / NG-tagged), by the verdict
+    policy of core.inference.result.Thresholds (below ok: OK; from ng: NG; between: REVIEW). miss: defects passed
+    as OK; false_alarm: good parts called NG; review: all parts sent to REVIEW; review_good / review_defect: the
+    good / the defect parts sent to REVIEW. None where there are no such parts."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).astype(bool).ravel()
     if scores.shape != labels.shape:
         raise CalibrationError(f"{scores.size} scores for {labels.size} labels")
-    in_review = np.array([thresholds.verdict(float(s)) is Verdict.REVIEW for s in scores], dtype=bool)
+    in_review = (scores >= ok) & (scores < ng)
 
-    def share(of_class: np.ndarray) -> float | None:
-        return round(float(in_review[of_class].mean()), 4) if of_class.any() else None
+    def share(hits: np.ndarray, of: np.ndarray) -> float | None:
+        return float(hits[of].mean()) if of.any() else None
 
-    return {"good": share(~labels), "defect": share(labels)}
+    everyone = np.ones_like(labels)
+    return {"miss": share(scores < ok, labels), "false_alarm": share(scores >= ng, ~labels),
+            "review": share(in_review, everyone), "review_good": share(in_review, ~labels),
+            "review_defect": share(in_review, labels)}
+
+
+def review_shares(scores: np.ndarray, labels: np.ndarray, thresholds: Thresholds) -> dict[str, float | None]:
+    """{"good", "defect"}: the share of the good and of the defect images among scores (N,) / labels (N,) that
+    ``thresholds`` send to REVIEW (None without images of the class), rounded for a model package's record. A model
+    that cannot tell the classes apart gets a wide REVIEW band; this says how much of the line it would leave to
+    people."""
+    shares = outcome_rates(scores, labels, thresholds.ok, thresholds.ng)
+    return {kind: None if shares[f"review_{kind}"] is None else round(shares[f"review_{kind}"], 4)
+            for kind in ("good", "defect")}
