@@ -303,10 +303,11 @@ def training_step(network: SuperSimpleNet, features: torch.Tensor, targets: Grid
         seg_loss = segmentation_loss(map_logits[batch.known], batch.target[batch.known], batch.weight[batch.known])
     else:
         seg_loss = map_logits.sum() * 0.0
-    unmasked_defects = torch.zeros_like(batch.known)
-    unmasked_defects[:len(rows)] = ~batch.known[:len(rows)] & (batch.label[:len(rows)] > 0.5)  # real half only
-    if settings["unmasked_top_cells"] > 0 and unmasked_defects.any():
-        seg_loss = seg_loss + top_cells_loss(map_logits[unmasked_defects], settings["unmasked_top_cells"])
+    if settings["unmasked_top_cells"] > 0:
+        real = slice(0, len(rows))  # the real half: its defect labels are the images' own, not the noise's
+        unmasked_defects = ~batch.known[real] & (batch.label[real] > 0.5)
+        if unmasked_defects.any():
+            seg_loss = seg_loss + top_cells_loss(map_logits[real][unmasked_defects], settings["unmasked_top_cells"])
     loss = seg_loss + cls_loss
     return loss, {"loss": float(loss.detach()), "seg": float(seg_loss.detach()), "cls": float(cls_loss.detach())}
 
