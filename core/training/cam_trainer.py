@@ -243,9 +243,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
 
     stages.begin("calibrate", "pixel threshold from the pseudo masks; OK/NG from the "
                  + ("out-of-fold scores" if held_cut else f"training images ({crossfit.reason})"))
-    thresholds, fitted_scores = _calibrate(model, feats, data.images, labels, masks, norm, device)
-    calibration_scores = fitted_scores
-    if held_cut is not None:
+    thresholds, calibration_scores = _calibrate(model, feats, data.images, labels, masks, norm, device)
+    if held_cut is not None:  # OK/NG from the copies' out-of-fold scores instead of the fitted images'
         thresholds = Thresholds(ok=held_cut[0], ng=held_cut[1], pixel=thresholds.pixel)
         calibration_scores = scores
     stages.end(pixel=thresholds.pixel, ok=thresholds.ok, ng=thresholds.ng)

@@ -469,7 +469,11 @@ class _Scored:
         self.masks.extend(cache.masks[i] if use else None for i, use in zip(samples, part.use_mask))
 
     def thresholds(self) -> Thresholds:
-        return calibrate(np.concatenate(self.scores), self.image_labels, self.maps, self.masks)
+        return calibrate(self.image_scores, self.image_labels, self.maps, self.masks)
+
+    @property
+    def image_scores(self) -> np.ndarray:
+        return np.concatenate(self.scores) if self.scores else np.empty(0)
 
     @property
     def image_labels(self) -> np.ndarray:
@@ -578,8 +582,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
                     normalisation=IMAGENET_NORMALISATION, thresholds=thresholds,
                     dataset={"path": str(Path(dataset.root).resolve()), "hash": dataset.content_hash(),
                              "supervision": options.supervision})
-    meta["calibration"] = describe(crossfit, scored.image_labels, settings["calibration_folds"],
-                                   np.concatenate(scored.scores), thresholds)
+    meta["calibration"] = describe(crossfit, scored.image_labels, settings["calibration_folds"], scored.image_scores,
+                                   thresholds)
     meta["training"] = {**fit, "seed": options.seed, "device": device.type, "flips": list(cache.flips),
                         "images": len(training.samples), "seconds": round(time.monotonic() - started, 1),
                         "settings": settings}  # every training setting as resolved for this run, for reproduction
