@@ -42,7 +42,7 @@ from core.metrics import PixelMetrics, image_metrics  # noqa: E402
 from core.models.backbones import IMAGENET_NORMALISATION, backbone_channels, build_backbone  # noqa: E402
 from core.models.cam_classifier import CamHead, DefectFocusClassifier  # noqa: E402
 from core.training.api import StderrProgress, TrainOptions  # noqa: E402
-from core.training.cam.crf import dense_crf  # noqa: E402
+from core.inference.mask_refinement import dense_crf  # noqa: E402
 from core.training.cam.dfc import cams_from_features, image_classifier  # noqa: E402
 from core.training.cam.images import extract_features, load_images  # noqa: E402
 from core.training.cam.inpainting import inpaint_extend  # noqa: E402

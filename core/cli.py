@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_out", help="also write the JSON report to this file")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-record", action="store_true", help="do not store the figures in the package's model.json")
+    p.add_argument("--raw-masks", action="store_true",
+                   help="masks without the package's mask refinement (dense CRF), to compare; not recorded")
 
     p = sub.add_parser("predict", help="predict images or folders; prints one JSON line per image")
     p.add_argument("model")
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=_positive_int, default=100)
     p.add_argument("--size", type=_positive_int, default=256, help="square test image side in pixels")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
+    p.add_argument("--raw-masks", action="store_true", help="without the package's mask refinement, to compare")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", dest="json_out")
 
@@ -209,12 +212,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from core.inference.package import read_meta, write_meta
     from core.training.api import StderrProgress
 
-    detector = Detector.load(args.model, device=args.device)
+    detector = Detector.load(args.model, device=args.device, refine_masks=not args.raw_masks)
     dataset = open_dataset(args.dataset, require_test=args.split == "test")
     _check_dataset(dataset, splits=(args.split,))
     report = evaluate(detector, dataset, split=args.split, progress=StderrProgress())
     _print_json(report, args.json_out)
-    if not args.no_record:
+    if not (args.no_record or args.raw_masks):  # the package's figures are those of its own masks
         meta = read_meta(args.model)
         figures = {k: report.get(k) for k in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "miou", "iou")}
         meta.setdefault("evaluation", {})[f"{dataset.root.name}/{args.split}"] = {
@@ -269,7 +272,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    detector = Detector.load(args.model, device=args.device, half=args.half)
+    detector = Detector.load(args.model, device=args.device, half=args.half, refine_masks=not args.raw_masks)
     report = bench(detector, batch=args.batch, iterations=args.iterations, image_size=(args.size, args.size))
     _print_json(report, args.json_out)
     return 0

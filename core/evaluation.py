@@ -102,6 +102,7 @@ def evaluate(detector, dataset: Dataset, split: str = "test",
                   "device": str(detector.device)},
         "dataset": {"path": str(Path(dataset.root).resolve()), "layout": dataset.layout},
         "thresholds": detector.thresholds.to_dict(),
+        "mask_refinement": _refinement(detector),
         "verdicts": verdicts,
         "by_type": _by_type(samples, scores, ious),
         "notes": notes,
@@ -135,3 +136,9 @@ def _by_type(samples: Sequence[Sample], scores: np.ndarray, ious: dict[str, list
 
 def _plain(value: float | None) -> float | None:
     return None if value is None else float(value)
+
+
+def _refinement(detector) -> dict | None:
+    """The dense-CRF mask refinement the masks were made with (None: the thresholded map)."""
+    refinement = getattr(detector, "mask_refinement", None)
+    return None if refinement is None else refinement.to_dict()

@@ -290,8 +290,11 @@ class CalibrateView(QWidget):
             meta = read_meta(model.package_path)
             thresholds = Thresholds(ok=round(ok, 6), ng=round(ng, 6), pixel=float(meta["thresholds"]["pixel"]))
             meta["thresholds"] = thresholds.to_dict()
+            previous = meta.get("calibration") or {}
             meta["calibration"] = {"source": "tagged images, on the Calibrate page", **tagged, "note": "",
                                    "review": review_shares(scores, labels, thresholds)}
+            if "mask_refinement" in previous:  # how the trainer chose it stays on record: this page keeps it
+                meta["calibration"]["mask_refinement"] = previous["mask_refinement"]
             write_meta(model.package_path, meta)
             db.update_model_meta(model.id, meta, user)
             return thresholds

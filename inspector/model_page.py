@@ -178,7 +178,9 @@ class ModelPage(QWidget):
                 active = model
             if model.id == keep_id:
                 self.table.selectRow(row)
-        self.active_label.setText(f"Active model: #{active.id} {active.name} ({active.family})" if active
+        refined = active is not None and active.meta.get("mask_refinement") is not None
+        self.active_label.setText(f"Active model: #{active.id} {active.name} ({active.family})"
+                                  + (", masks snapped to image edges (dense CRF)" if refined else "") if active
                                   else "Active model: none — train one and promote it")
         self._fill_compare()
         self._update_buttons()

@@ -15,7 +15,8 @@ from core.models.backbones import IMAGENET_NORMALISATION, build_backbone
 from core.models.cam_classifier import CamHead, DefectFocusClassifier, cam_map, topk_pool
 from core.models.cam_segmenter import DEFAULT_CONFIG, CamSegmenter
 from core.training.cam.contrastive import Projection, clm_loss
-from core.training.cam.crf import IGNORE, dense_crf, pseudo_mask
+from core.inference.mask_refinement import dense_crf
+from core.training.cam.crf import IGNORE, pseudo_mask
 from core.training.cam.dfc import HeadSchedule, cams_from_features, image_classifier, train_head
 from core.training.cam.guided_crop import crop_box, guided_crops, random_box
 from core.training.cam.images import extract_features, prepare

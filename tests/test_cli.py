@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.data.synthetic import write_synthetic_dataset
+from core.inference.mask_refinement import MaskRefinement
 from core.training.holdout import OUT_OF_FOLD
 
 
@@ -115,3 +116,34 @@ def test_train_sets_thresholds_on_out_of_fold_scores_unless_told_not_to(trained,
     assert meta_held["training"]["images"] == 40 and meta_held["calibration"]["refit"] is True
     assert (meta_held["calibration"]["folds"], meta_held["calibration"]["good"],
             meta_held["calibration"]["defect"]) == (2, 30, 10)
+
+
+def test_a_package_with_a_mask_refinement_is_evaluated_and_benched_with_it_unless_raw_masks_are_asked(
+        trained, tmp_path):
+    dataset, _ = trained
+    model = tmp_path / "full"
+    done = inspector("train", str(dataset), "--family", "supersimplenet", "--supervision", "full", "--epochs", "1",
+                     "--calibration-folds", "0", "--out", str(model))
+    assert done.returncode == 0, done.stderr
+    assert "choosing the mask refinement" in done.stderr
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["calibration"]["mask_refinement"]["images"] == 10  # every training defect has a mask
+    setting = {**MaskRefinement().to_dict(), "margin": 8}
+    meta["mask_refinement"] = setting  # ship one whatever one epoch chose, to see it used
+    (model / "model.json").write_text(json.dumps(meta))
+
+    refined = inspector("evaluate", str(model), str(dataset))
+    raw = inspector("evaluate", str(model), str(dataset), "--raw-masks")
+    assert refined.returncode == 0 and raw.returncode == 0, refined.stderr + raw.stderr
+    refined, raw = json.loads(refined.stdout), json.loads(raw.stdout)
+    assert refined["mask_refinement"] == setting and raw["mask_refinement"] is None
+    assert refined["pixel_ap"] == raw["pixel_ap"]  # the map is the network's either way; only masks change
+    recorded = json.loads((model / "model.json").read_text())["evaluation"]
+    assert [entry["miou"] for entry in recorded.values()] == [refined["miou"]]  # raw-mask figures are not recorded
+
+    for args, expected in (((), setting), (("--raw-masks",), None)):
+        done = inspector("bench", str(model), "--iterations", "4", "--batch", "2", "--size", "64", *args)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["mask_refinement"] == expected
+        assert report["latency_ms"]["p50_plain"] > 0 and report["latency_ms"]["p50_planted_defect"] > 0

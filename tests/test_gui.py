@@ -360,8 +360,9 @@ def test_retrain_promote_roll_back_and_calibrate(app_window, qtbot, station):
     scores, labels = calibrate.scores, calibrate.labels
     assert (scores[labels == 1] >= ok).all()   # no tagged defect passes as OK at a 0 % miss rate
     assert (scores[labels == 0] < ng).all()    # no good part is called NG at a 0 % false-alarm rate
-    qtbot.mouseClick(calibrate.apply_button, Qt.MouseButton.LeftButton)
     package = Path(context.db.active_model().package_path)
+    trained = json.loads((package / "model.json").read_text()).get("calibration", {})
+    qtbot.mouseClick(calibrate.apply_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: abs(json.loads((package / "model.json").read_text())["thresholds"]["ng"] - ng) < 1e-5,
                     timeout=WAIT)
     qtbot.waitUntil(lambda: abs(context.db.active_model().meta["thresholds"]["ok"] - ok) < 1e-5, timeout=WAIT)
@@ -369,6 +370,7 @@ def test_retrain_promote_roll_back_and_calibrate(app_window, qtbot, station):
     # the package now says where its thresholds came from, and the page tells the engineer
     record = json.loads((package / "model.json").read_text())["calibration"]
     assert record["source"] == "tagged images, on the Calibrate page"
+    assert record.get("mask_refinement") == trained.get("mask_refinement")  # the trainer's choice stays on record
     assert (record["good"], record["defect"]) == (int((labels == 0).sum()), int((labels == 1).sum()))
     calibrate.reload()
     in_review = (scores >= ok) & (scores < ng)

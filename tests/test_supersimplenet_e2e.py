@@ -10,6 +10,7 @@ import torch
 from core.data.dataset import open_dataset
 from core.data.synthetic import write_synthetic_dataset
 from core.inference.detector import Detector
+from core.inference.mask_refinement import CANDIDATES, MIN_GAIN
 from core.inference.package import load_package
 from core.metrics import auroc
 from core.training.api import ProgressEvent, TrainingCancelled, TrainOptions, trainer_for
@@ -58,13 +59,27 @@ def test_weak_training_separates_planted_defects(dataset, tmp_path):
     # the thresholds came from two calibration copies' out-of-fold scores of all 48 training images
     review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
     assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
+    # weak: no defect masks, so no mask refinement is chosen or shipped
+    assert meta["calibration"].pop("mask_refinement") == {"note": "no training masks to choose a mask refinement on"}
+    assert "mask_refinement" not in meta
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,
                                    "refit": True, "note": ""}
 
 
 def test_full_supervision_localises_defects(dataset, tmp_path):
-    path, _ = _train(dataset, tmp_path / "full", "full", epochs=6)
+    path, events = _train(dataset, tmp_path / "full", "full", epochs=6)
+    assert "refine" in {e.stage for e in events}
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
     detector = Detector.load(path, device="cpu")
+    # the mask refinement was chosen on the out-of-fold maps of all 16 training defects (each has a mask)
+    record = detector.package.meta["calibration"]["mask_refinement"]
+    assert record["images"] == 16 and len(record["miou_candidates"]) == len(CANDIDATES)
+    chosen = record["chosen"]
+    assert (chosen is None) == ("mask_refinement" not in detector.package.meta)
+    if chosen is not None:
+        assert record["miou_candidates"][chosen] >= record["miou_raw"] + MIN_GAIN
+        assert detector.mask_refinement == CANDIDATES[chosen]
     inside, outside = [], []
     for sample in dataset.test:
         if sample.label != 1:
@@ -97,6 +112,9 @@ def test_unsupervised_and_cancel(dataset, tmp_path):
     assert meta["training"]["images"] == 32
     review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
     assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
+    # weak: no defect masks, so no mask refinement is chosen or shipped
+    assert meta["calibration"].pop("mask_refinement") == {"note": "no training masks to choose a mask refinement on"}
+    assert "mask_refinement" not in meta
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,
                                    "refit": True, "note": ""}
     cancel = threading.Event()

@@ -1,7 +1,8 @@
 """Detector: a loaded model package that predicts Results for station images, on CPU or GPU.
 
 Family-agnostic: pre-processing (resize to the package's input size, grey -> RGB, normalise),
-batching, the family's network, and post-processing (map back to each image's size, mask, verdict).
+batching, the family's network, and post-processing (map back to each image's size, mask, verdict). The mask is
+the thresholded map, refined by a dense CRF where the package says so (core.inference.mask_refinement).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from core.data.images import resize_rgb_float
+from core.inference.mask_refinement import refined_mask, to_uint8_rgb
 from core.inference.package import LoadedPackage, load_package
 from core.inference.result import Result, Thresholds
 
@@ -37,7 +39,7 @@ class Detector:
     """
 
     def __init__(self, package: LoadedPackage, device: str = "auto", half: bool = False,
-                 thresholds: Thresholds | None = None) -> None:
+                 thresholds: Thresholds | None = None, refine_masks: bool = True) -> None:
         self.package = package
         self.device = resolve_device(device)
         self.half = bool(half and self.device.type == "cuda")
@@ -46,14 +48,17 @@ class Detector:
             self.network = self.network.half()
         self.network.eval()
         self.thresholds = thresholds or package.thresholds
+        # the package's dense-CRF mask refinement, if it has one; refine_masks=False gives the raw masks
+        self.mask_refinement = package.mask_refinement if refine_masks else None
         norm = package.meta["normalisation"]
         self._mean = np.asarray(norm["mean"], dtype=np.float32)
         self._std = np.asarray(norm["std"], dtype=np.float32)
         self.input_size = package.input_size  # (H, W)
 
     @classmethod
-    def load(cls, package_dir: str | Path, device: str = "auto", half: bool = False) -> "Detector":
-        return cls(load_package(package_dir), device=device, half=half)
+    def load(cls, package_dir: str | Path, device: str = "auto", half: bool = False,
+             refine_masks: bool = True) -> "Detector":
+        return cls(load_package(package_dir), device=device, half=half, refine_masks=refine_masks)
 
     @property
     def family(self) -> str:
@@ -88,8 +93,17 @@ class Detector:
             full_map = cv2.resize(small_map, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
             score = float(np.clip(score, 0.0, 1.0))
             results.append(Result(score=score, anomaly_map=full_map.astype(np.float32, copy=False),
-                                  mask=full_map >= self.thresholds.pixel, verdict=self.thresholds.verdict(score)))
+                                  mask=self._mask(image, small_map, full_map), verdict=self.thresholds.verdict(score)))
         return results
+
+    def _mask(self, image: np.ndarray, small_map: np.ndarray, full_map: np.ndarray) -> np.ndarray:
+        """The defect mask (H, W) bool at the image's size: the thresholded map, refined where the package says so
+        and the map found something (a map below the threshold at the input size stays below it when resized)."""
+        threshold = self.thresholds.pixel
+        if self.mask_refinement is None or not (small_map >= threshold).any():
+            return full_map >= threshold
+        resized = to_uint8_rgb(resize_rgb_float(image, self.input_size))  # the network's view of the image
+        return refined_mask(self.mask_refinement, resized, small_map, threshold, image.shape[:2])
 
     def timed_predict(self, images: Sequence[np.ndarray]) -> tuple[list[Result], float]:
         """predict() and its wall time in milliseconds (synchronised on GPU)."""

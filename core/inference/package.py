@@ -12,6 +12,8 @@ model.json keys (all required unless marked optional):
     evaluation       dict of figures (may be empty)
     software         {"inspector": str, "torch": str}
     created          ISO-8601 time
+    mask_refinement  optional: the dense-CRF settings that refine masks (core.inference.mask_refinement);
+                     absent or null: masks are the thresholded map
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.inference.mask_refinement import MaskRefinement
 from core.inference.result import Thresholds
 from core.models.backbones import BackboneError
 from core.models.registry import build_network
@@ -52,6 +55,11 @@ class LoadedPackage:
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds.from_dict(self.meta["thresholds"])
+
+    @property
+    def mask_refinement(self) -> MaskRefinement | None:
+        data = self.meta.get("mask_refinement")
+        return None if data is None else MaskRefinement.from_dict(data)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -185,3 +193,11 @@ def _validate_meta(meta: object, *, source: str) -> None:
         Thresholds.from_dict(meta["thresholds"] if isinstance(meta["thresholds"], dict) else {})
     except ValueError as exc:
         raise PackageError(f"{source}: bad thresholds: {exc}") from exc
+    if meta.get("mask_refinement") is not None:
+        try:
+            MaskRefinement.from_dict(meta["mask_refinement"])
+        except (TypeError, ValueError) as exc:
+            raise PackageError(f"{source}: bad mask_refinement: {exc}") from exc
+        if not 0.0 < meta["thresholds"]["pixel"] < 1.0:  # the refinement reads the map as a probability
+            raise PackageError(f"{source}: a mask_refinement needs a pixel threshold in (0, 1), "
+                               f"got {meta['thresholds']['pixel']}")

@@ -60,7 +60,8 @@ class Result:
 
     score: 0..1, higher = more defective.
     anomaly_map: float32 (H, W) at the input image's size; same units as Thresholds.pixel.
-    mask: bool (H, W), anomaly_map >= Thresholds.pixel.
+    mask: bool (H, W), anomaly_map >= Thresholds.pixel, snapped to the image's edges where the model package
+        has a mask refinement (core.inference.mask_refinement).
     verdict: from Thresholds.verdict(score).
     """
 

@@ -6,7 +6,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from core.training.cam.crf import IGNORE, dense_crf, pseudo_mask
+from core.inference.mask_refinement import dense_crf
+from core.training.cam.crf import IGNORE, pseudo_mask
 
 
 def crf_pseudo_masks(images: np.ndarray, maps: np.ndarray, labels: np.ndarray, *, crf: dict | None = None,

@@ -1,0 +1,166 @@
+"""Mask refinement: a dense CRF (Krähenbühl & Koltun 2011, via pydensecrf) that snaps a thresholded defect map
+to the edges of the image, and the choice of whether and how to use it, made on images with known masks.
+
+Why: the maps of both families are coarse (SuperSimpleNet's is a 32x32 grid upsampled and smoothed), so a
+thresholded map draws a blob where a crack or a blowhole has a sharp outline. On mtd/test the full-supervision
+package of seed 2 went from mIoU 0.332 to 0.391 with the refinement (docs/results.md, "Mask refinement"). The map
+itself (pixel AP, the heat overlay) is left as the network made it; only the mask changes.
+
+Cost: the CRF runs only inside the box around the raw mask (plus ``margin``) and not at all where the raw mask
+is empty, so an image without a finding costs nothing extra.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+_CLIP = 1e-4
+
+
+def dense_crf(image: np.ndarray, prob: np.ndarray, *, iterations: int = 5, gauss_sxy: float = 3.0,
+              gauss_compat: float = 3.0, bilateral_sxy: float = 20.0, bilateral_srgb: float = 10.0,
+              bilateral_compat: float = 6.0, clip: float = _CLIP) -> np.ndarray:
+    """image (H, W, 3) uint8 RGB, prob (H, W) defect probability -> CRF posterior of defect (H, W) float32.
+
+    Unary: -log of (1 - prob, prob). Pairwise: a Gaussian smoothness kernel and a bilateral
+    (position + colour) kernel, so labels spread along similar pixels and stop at edges."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    height, width = prob.shape
+    p = np.clip(prob.astype(np.float32), clip, 1.0 - clip)
+    crf = dcrf.DenseCRF2D(width, height, 2)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.stack([1.0 - p, p]))))
+    crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
+    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image),
+                             compat=bilateral_compat)
+    q = np.asarray(crf.inference(iterations), dtype=np.float32).reshape(2, height, width)
+    return q[1]
+
+
+def centred_probability(amap: np.ndarray, threshold: float) -> np.ndarray:
+    """Map (H, W) in [0, 1] -> (H, W) float32 in (0, 1) with the pixel threshold moved to 0.5 (a shift in
+    logit space), so the CRF's defect/background balance is the one the threshold was calibrated for."""
+    def logit(value):
+        value = np.clip(value, _CLIP, 1.0 - _CLIP)
+        return np.log(value / (1.0 - value))
+
+    return (1.0 / (1.0 + np.exp(-(logit(amap.astype(np.float32)) - logit(np.float32(threshold)))))).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MaskRefinement:
+    """Dense-CRF settings (pixels at the network's input size) and the margin the mask may grow into."""
+
+    iterations: int = 5
+    gauss_sxy: float = 1.0
+    gauss_compat: float = 3.0
+    bilateral_sxy: float = 10.0
+    bilateral_srgb: float = 12.0
+    bilateral_compat: float = 10.0
+    margin: int = 24
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"mask refinement {item.name!r} must be a number, got {value!r}")
+        if not (isinstance(self.iterations, int) and 1 <= self.iterations <= 50):
+            raise ValueError(f"mask refinement iterations must be a whole number in 1..50, got {self.iterations!r}")
+        if not (isinstance(self.margin, int) and 0 <= self.margin <= 512):
+            raise ValueError(f"mask refinement margin must be a whole number of pixels in 0..512, got {self.margin!r}")
+        for name in ("gauss_sxy", "bilateral_sxy", "bilateral_srgb"):
+            if not 0 < getattr(self, name) <= 1000:
+                raise ValueError(f"mask refinement {name} must be in (0, 1000], got {getattr(self, name)!r}")
+        for name in ("gauss_compat", "bilateral_compat"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise ValueError(f"mask refinement {name} must be in [0, 100], got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> "MaskRefinement":
+        """From model.json's ``mask_refinement``; ValueError naming the problem for anything else."""
+        if not isinstance(data, dict):
+            raise ValueError(f"mask refinement must be an object, got {type(data).__name__}")
+        unknown = set(data) - {item.name for item in fields(cls)}
+        if unknown:
+            raise ValueError(f"mask refinement has unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+    def posterior(self, image: np.ndarray, amap: np.ndarray, threshold: float) -> np.ndarray:
+        """image (H, W, 3) uint8 RGB and its map (H, W) in [0, 1] at the same size -> defect posterior (H, W)
+        float32; a pixel is defect where it is >= 0.5. Zero where the map stays below ``threshold`` everywhere,
+        and outside the box around the raw mask widened by ``margin``."""
+        raw = amap >= threshold
+        out = np.zeros(amap.shape, np.float32)
+        if not raw.any():
+            return out
+        rows, cols = np.flatnonzero(raw.any(axis=1)), np.flatnonzero(raw.any(axis=0))
+        top, bottom = max(0, rows[0] - self.margin), min(amap.shape[0], rows[-1] + 1 + self.margin)
+        left, right = max(0, cols[0] - self.margin), min(amap.shape[1], cols[-1] + 1 + self.margin)
+        out[top:bottom, left:right] = dense_crf(
+            np.ascontiguousarray(image[top:bottom, left:right]),
+            centred_probability(amap[top:bottom, left:right], threshold),
+            iterations=self.iterations, gauss_sxy=self.gauss_sxy, gauss_compat=self.gauss_compat,
+            bilateral_sxy=self.bilateral_sxy, bilateral_srgb=self.bilateral_srgb,
+            bilateral_compat=self.bilateral_compat)
+        return out
+
+
+# What a trainer tries on its out-of-fold maps. The first is the best of a 54-setting grid on the maps of 120 of
+# mtd's training defect images (full supervision, seed 2; docs/results.md, "Mask refinement"), the second the CAM
+# pipeline's pseudo-mask CRF, the third a weaker bilateral pull.
+CANDIDATES: tuple[MaskRefinement, ...] = (
+    MaskRefinement(),
+    MaskRefinement(gauss_sxy=3.0, bilateral_sxy=20.0, bilateral_srgb=10.0, bilateral_compat=6.0),
+    MaskRefinement(bilateral_srgb=6.0, bilateral_compat=6.0),
+)
+MIN_GAIN = 0.01  # mIoU a candidate must add over the raw masks to be used: less is within the noise
+
+
+def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float in [0, 1] (core.data.images.resize_rgb_float) -> (H, W, 3) uint8."""
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def mean_iou(masks: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> float:
+    """Mean over images of the IoU of bool masks (H, W) with their truths (1.0 where both are empty)."""
+    from core.metrics import iou
+
+    return float(np.mean([iou(mask, truth) for mask, truth in zip(masks, truths)])) if masks else float("nan")
+
+
+def choose_refinement(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                      threshold: float, candidates: Sequence[MaskRefinement] = CANDIDATES,
+                      min_gain: float = MIN_GAIN) -> tuple[MaskRefinement | None, dict]:
+    """Pick the refinement with the best mean IoU on defect images with known masks, or none.
+
+    images (N, H, W, 3) uint8, maps (N, H, W) in [0, 1] and truths (N, H, W) bool at the network's input size;
+    the maps should come from networks that never trained on these images (out-of-fold), as the thresholds do.
+    Returns (the chosen refinement or None when no candidate beats the raw masks by ``min_gain``, a record:
+    images, raw mIoU, each candidate's mIoU, the chosen index or None)."""
+    if not len(maps):
+        return None, {"images": 0, "note": "no defect images with known masks"}
+    raw = mean_iou([amap >= threshold for amap in maps], truths)
+    scores = [mean_iou([refinement.posterior(image, amap, threshold) >= 0.5 for image, amap in zip(images, maps)],
+                       truths) for refinement in candidates]
+    best = int(np.argmax(scores))
+    chosen = best if scores[best] >= raw + min_gain else None
+    record = {"images": len(maps), "miou_raw": round(raw, 4), "miou_candidates": [round(s, 4) for s in scores],
+              "chosen": chosen}
+    return (candidates[chosen] if chosen is not None else None), record
+
+
+def refined_mask(refinement: MaskRefinement, image: np.ndarray, small_map: np.ndarray, threshold: float,
+                 size: tuple[int, int]) -> np.ndarray:
+    """The refined mask of one image at the station image's ``size`` (H, W): the posterior computed at the
+    network's input size (image (h, w, 3) uint8, small_map (h, w)), resized bilinearly, >= 0.5."""
+    posterior = refinement.posterior(image, small_map, threshold)
+    if posterior.shape != tuple(size):
+        posterior = cv2.resize(posterior, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return posterior >= 0.5
