@@ -79,6 +79,24 @@ def test_the_crf_sees_only_the_box_around_the_raw_mask(monkeypatch):
     assert posterior[42:48, 62:68].min() >= 0.5 and not posterior[:30, :30].any()
 
 
+def test_a_box_larger_than_the_work_size_is_refined_downscaled_and_still_snaps_to_the_outline(monkeypatch):
+    shapes = []
+    real = refinement_module.dense_crf
+
+    def spy(image, prob, **kwargs):
+        shapes.append((prob.shape, kwargs["bilateral_sxy"]))
+        return real(image, prob, **kwargs)
+
+    monkeypatch.setattr(refinement_module, "dense_crf", spy)
+    image, mask, amap = _blurred_case(3, size=192)
+    amap[0, 0] = amap[-1, -1] = 0.9  # two stray cells stretch the box over the whole image
+    capped = MaskRefinement(margin=0, work_pixels=64 * 64).posterior(image, amap, 0.2)
+    (shape, sxy), = shapes
+    assert shape == (64, 64) and sxy == pytest.approx(10.0 / 3.0)  # the kernel shrinks with the image
+    assert capped.shape == amap.shape
+    assert iou(capped >= 0.5, mask) > iou(amap >= 0.2, mask)
+
+
 @pytest.mark.parametrize("data, message", [
     ({"iterations": 0}, "iterations"),
     ({"iterations": 2.5}, "iterations"),
@@ -87,6 +105,8 @@ def test_the_crf_sees_only_the_box_around_the_raw_mask(monkeypatch):
     ({"gauss_compat": "strong"}, "gauss_compat"),
     ({"gauss_compat": True}, "gauss_compat"),
     ({"bilateral_compat": float("nan")}, "bilateral_compat"),
+    ({"work_pixels": 100}, "work_pixels"),
+    ({"work_pixels": 4096.5}, "work_pixels"),
     ({"colour": 3}, "unknown keys"),
     ([1, 2], "must be an object"),
 ])
