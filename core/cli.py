@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=_positive_int, default=8)
     p.add_argument("--iterations", type=_positive_int, default=100)
-    p.add_argument("--size", type=_positive_int, default=256, help="square test image side in pixels")
+    p.add_argument("--size", type=_positive_int, default=256, help="square synthetic image side in pixels")
+    p.add_argument("--dataset", help="time this dataset's images instead of synthetic ones (decoding excluded)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="the dataset split to draw from")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.add_argument("--raw-masks", action="store_true", help="without the package's mask refinement, to compare")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
@@ -267,13 +269,19 @@ def _predict(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from core.inference.bench import bench
+    from core.data.dataset import open_dataset
+    from core.inference.bench import bench, dataset_images
     from core.inference.detector import Detector
 
     if args.threads:
         torch.set_num_threads(args.threads)
     detector = Detector.load(args.model, device=args.device, half=args.half, refine_masks=not args.raw_masks)
-    report = bench(detector, batch=args.batch, iterations=args.iterations, image_size=(args.size, args.size))
+    real = {}
+    if args.dataset:
+        images, labels = dataset_images(open_dataset(args.dataset, require_test=args.split == "test"), args.split,
+                                        args.iterations)
+        real = {"images": images, "labels": labels, "source": f"{args.dataset} ({args.split})"}
+    report = bench(detector, batch=args.batch, iterations=args.iterations, image_size=(args.size, args.size), **real)
     _print_json(report, args.json_out)
     return 0
 

@@ -63,6 +63,18 @@ def test_bench_reports_latency_and_throughput(trained):
     assert report["device"] == "cpu"
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
     assert report["throughput"]["batch"] == 2 and report["throughput"]["images_per_s"] > 0
+    assert report["images"]["source"] == "synthetic" and report["images"]["height"] == [64, 64]
+
+
+def test_bench_times_a_datasets_own_images_when_given_one(trained):
+    dataset, model = trained
+    done = inspector("bench", str(model), "--iterations", "6", "--batch", "2", "--dataset", str(dataset))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["images"]["source"] == f"{dataset} (test)" and report["images"]["count"] == 6
+    assert report["images"]["height"] == [128, 128]  # the dataset's own images, not the 256x256 synthetic default
+    assert 0 <= report["images"]["defect"] <= 6
+    assert report["latency_ms"]["iterations"] == 6 and report["latency_ms"]["p50"] > 0
 
 
 def test_user_errors_are_one_clear_line(trained, tmp_path):
@@ -73,6 +85,7 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
         (("evaluate", str(tmp_path), str(dataset)), "no model.json"),
         (("predict", str(model), str(tmp_path / "nothing.png")), "no such file or folder"),
         (("bench", str(model), "--device", "cuda"), "no CUDA GPU"),
+        (("bench", str(model), "--dataset", str(tmp_path / "missing")), "does not exist"),
     ]
     for args, message in cases:
         done = inspector(*args)
@@ -146,4 +159,4 @@ def test_a_package_with_a_mask_refinement_is_evaluated_and_benched_with_it_unles
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
         assert report["mask_refinement"] == expected
-        assert report["latency_ms"]["p50_plain"] > 0 and report["latency_ms"]["p50_planted_defect"] > 0
+        assert report["latency_ms"]["p50_good"] > 0 and report["latency_ms"]["p50_defect"] > 0
