@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--out", help="write <stem>_overlay.png and <stem>_mask.png here")
     p.add_argument("--device", default="auto")
+    p.add_argument("--raw-masks", action="store_true", help="without the package's mask refinement, to compare")
 
     p = sub.add_parser("bench", help="inference latency and throughput of a model package; prints JSON")
     p.add_argument("model")
@@ -250,7 +251,7 @@ def _predict(args: argparse.Namespace) -> int:
             raise CliError(f"{path}: no such file or folder")
     if not paths:
         raise CliError("no images found in the given inputs")
-    detector = Detector.load(args.model, device=args.device)
+    detector = Detector.load(args.model, device=args.device, refine_masks=not args.raw_masks)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)

@@ -160,3 +160,10 @@ def test_a_package_with_a_mask_refinement_is_evaluated_and_benched_with_it_unles
         report = json.loads(done.stdout)
         assert report["mask_refinement"] == expected
         assert report["latency_ms"]["p50_good"] > 0 and report["latency_ms"]["p50_defect"] > 0
+
+    pixels = {}
+    for args in ((), ("--raw-masks",)):
+        done = inspector("predict", str(model), str(dataset / "test" / "defect"), *args)
+        assert done.returncode == 0, done.stderr
+        pixels[args] = [json.loads(line)["defect_pixels"] for line in done.stdout.splitlines()]
+    assert len(pixels[()]) == 12 and pixels[()] != pixels[("--raw-masks",)]  # the masks predict draws are refined
