@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QGroupBox, QHBoxLay
                                QPlainTextEdit, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem,
                                QVBoxLayout, QWidget)
 
+from core.inference.mask_refinement import describe as describe_refinement
 from core.training.jobs import JobSpec, JobState, TrainingJob
 from inspector import workers
 
@@ -178,9 +179,9 @@ class ModelPage(QWidget):
                 active = model
             if model.id == keep_id:
                 self.table.selectRow(row)
-        refined = active is not None and active.meta.get("mask_refinement") is not None
+        refined = describe_refinement(active.meta) if active is not None else ""
         self.active_label.setText(f"Active model: #{active.id} {active.name} ({active.family})"
-                                  + (", masks snapped to image edges (dense CRF)" if refined else "") if active
+                                  + (f", {refined}" if refined else "") if active
                                   else "Active model: none — train one and promote it")
         self._fill_compare()
         self._update_buttons()

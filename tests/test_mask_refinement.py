@@ -97,6 +97,15 @@ def test_a_box_larger_than_the_work_size_is_refined_downscaled_and_still_snaps_t
     assert iou(capped >= 0.5, mask) > iou(amap >= 0.2, mask)
 
 
+def test_a_package_says_in_one_line_whether_and_why_its_masks_are_refined():
+    record = {"images": 272, "miou_raw": 0.2767, "miou_candidates": [0.3794, 0.3537, 0.3626], "chosen": 0}
+    meta = {"mask_refinement": MaskRefinement().to_dict(), "calibration": {"mask_refinement": record}}
+    assert refinement_module.describe(meta) == ("masks snapped to image edges (dense CRF; mIoU on 272 training "
+                                                "masks 0.28 → 0.38)")
+    assert refinement_module.describe({**meta, "calibration": {}}) == "masks snapped to image edges (dense CRF)"
+    assert refinement_module.describe({"calibration": {"mask_refinement": {**record, "chosen": None}}}) == ""
+
+
 @pytest.mark.parametrize("data, message", [
     ({"iterations": 0}, "iterations"),
     ({"iterations": 2.5}, "iterations"),

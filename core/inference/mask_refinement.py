@@ -174,6 +174,19 @@ def choose_refinement(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], 
     return (candidates[chosen] if chosen is not None else None), record
 
 
+def describe(meta: dict) -> str:
+    """One line for a package's model.json: whether its masks are refined, and what the trainer saw when it chose
+    to (out-of-fold mIoU of the training masks, raw -> refined); '' when the package has no refinement."""
+    if meta.get("mask_refinement") is None:
+        return ""
+    record = (meta.get("calibration") or {}).get("mask_refinement") or {}
+    chosen, scores = record.get("chosen"), record.get("miou_candidates") or []
+    if isinstance(chosen, int) and 0 <= chosen < len(scores) and "miou_raw" in record:
+        return (f"masks snapped to image edges (dense CRF; mIoU on {record.get('images')} training masks "
+                f"{record['miou_raw']:.2f} → {scores[chosen]:.2f})")
+    return "masks snapped to image edges (dense CRF)"
+
+
 def refined_mask(refinement: MaskRefinement, image: np.ndarray, small_map: np.ndarray, threshold: float,
                  size: tuple[int, int]) -> np.ndarray:
     """The refined mask of one image at the station image's ``size`` (H, W): the posterior computed at the
