@@ -173,6 +173,19 @@ def test_the_detector_refines_masks_as_its_package_says_unless_raw_masks_are_ask
     assert refined.mask.shape == image.shape[:2] and not np.array_equal(refined.mask, raw.mask)
 
 
+def test_an_ng_part_keeps_the_raw_mask_where_the_refinement_would_erase_the_whole_finding(tmp_path):
+    detector = Detector.load(_package(tmp_path, MaskRefinement()), device="cpu")
+    image = np.full((32, 32, 3), 128, np.uint8)   # no edge for the finding to hold on to
+    small_map = np.full((32, 32), 0.1, np.float32)
+    small_map[10:12, 20:22] = 0.51                 # a faint speck just over the pixel threshold (0.5)
+    assert not refined_mask(detector.mask_refinement, image, small_map, 0.5, (32, 32)).any()  # the CRF erases it
+    for score, verdict, kept in ((0.9, "NG", True), (0.5, "REVIEW", False), (0.1, "OK", False)):
+        detector.infer = lambda images, score=score: (np.array([score], np.float32), small_map[None])
+        result = detector.predict([image])[0]
+        assert result.verdict.value == verdict
+        np.testing.assert_array_equal(result.mask, small_map >= 0.5 if kept else np.zeros((32, 32), bool))
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(mask_refinement={"iterations": -3}), "bad mask_refinement: .*iterations"),
     (lambda m: m.update(mask_refinement="crf"), "bad mask_refinement: .*object"),

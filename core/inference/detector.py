@@ -17,7 +17,7 @@ import torch
 from core.data.images import resize_rgb_float
 from core.inference.mask_refinement import refined_mask, to_uint8_rgb
 from core.inference.package import LoadedPackage, load_package
-from core.inference.result import Result, Thresholds
+from core.inference.result import Result, Thresholds, Verdict
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -92,18 +92,25 @@ class Detector:
         for image, score, small_map in zip(images, scores, maps):
             full_map = cv2.resize(small_map, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
             score = float(np.clip(score, 0.0, 1.0))
+            verdict = self.thresholds.verdict(score)
             results.append(Result(score=score, anomaly_map=full_map.astype(np.float32, copy=False),
-                                  mask=self._mask(image, small_map, full_map), verdict=self.thresholds.verdict(score)))
+                                  mask=self._mask(image, small_map, full_map, verdict), verdict=verdict))
         return results
 
-    def _mask(self, image: np.ndarray, small_map: np.ndarray, full_map: np.ndarray) -> np.ndarray:
+    def _mask(self, image: np.ndarray, small_map: np.ndarray, full_map: np.ndarray, verdict: Verdict) -> np.ndarray:
         """The defect mask (H, W) bool at the image's size: the thresholded map, refined where the package says so
-        and the map found something (a map below the threshold at the input size stays below it when resized)."""
+        and the map found something (a map below the threshold at the input size stays below it when resized).
+
+        The refinement may erase a finding altogether (on mtd/test it cleared most false alarms on good images,
+        and the faint maps of some small defects). Where the verdict is NG the raw mask is kept instead: an NG
+        part is shown with where the map found the defect, not with an empty mask."""
         threshold = self.thresholds.pixel
+        raw = full_map >= threshold
         if self.mask_refinement is None or not (small_map >= threshold).any():
-            return full_map >= threshold
+            return raw
         resized = to_uint8_rgb(resize_rgb_float(image, self.input_size))  # the network's view of the image
-        return refined_mask(self.mask_refinement, resized, small_map, threshold, image.shape[:2])
+        refined = refined_mask(self.mask_refinement, resized, small_map, threshold, image.shape[:2])
+        return raw if verdict is Verdict.NG and not refined.any() else refined
 
     def timed_predict(self, images: Sequence[np.ndarray]) -> tuple[list[Result], float]:
         """predict() and its wall time in milliseconds (synchronised on GPU)."""
