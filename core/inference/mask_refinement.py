@@ -3,7 +3,7 @@ to the edges of the image, and the choice of whether and how to use it, made on 
 
 Why: the maps of both families are coarse (SuperSimpleNet's is a 32x32 grid upsampled and smoothed), so a
 thresholded map draws a blob where a crack or a blowhole has a sharp outline. On mtd/test the full-supervision
-packages went from mIoU 0.332 ± 0.002 to 0.389 ± 0.008 (3 seeds) with the refinement (docs/results.md, "Mask
+packages went from mIoU 0.332 ± 0.002 to 0.399 ± 0.005 (3 seeds) with the refinement (docs/results.md, "Mask
 refinement"). The map itself (pixel AP, the heat overlay) is left as the network made it; only the mask changes.
 
 Cost: the CRF runs only inside the box around the raw mask (plus ``margin``) and not at all where the raw mask
