@@ -212,7 +212,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from core.data.dataset import open_dataset
     from core.evaluation import evaluate
     from core.inference.detector import Detector
-    from core.inference.package import read_meta, write_meta
+    from core.inference.package import FIGURE_KEYS, read_meta, write_meta
     from core.training.api import StderrProgress
 
     detector = Detector.load(args.model, device=args.device, refine_masks=not args.raw_masks)
@@ -222,7 +222,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _print_json(report, args.json_out)
     if not (args.no_record or args.raw_masks):  # the package's figures are those of its own masks
         meta = read_meta(args.model)
-        figures = {k: report.get(k) for k in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "miou", "iou")}
+        figures = {k: report.get(k) for k in FIGURE_KEYS}
         meta.setdefault("evaluation", {})[f"{dataset.root.name}/{args.split}"] = {
             **figures, "dataset_path": str(dataset.root), "images": report.get("counts", {}).get("images")}
         try:

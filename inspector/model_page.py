@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QGroupBox, QHBoxLay
                                QVBoxLayout, QWidget)
 
 from core.inference.mask_refinement import describe as describe_refinement
+from core.inference.package import package_figures
 from core.training.jobs import JobSpec, JobState, TrainingJob
 from inspector import workers
 
@@ -163,7 +164,7 @@ class ModelPage(QWidget):
         self.table.setRowCount(len(models))
         active = None
         for row, model in enumerate(models):
-            figures = model.meta.get("evaluation", {}) or {}
+            figures = package_figures(model.meta)
             values = ["● active" if model.is_active else "", str(model.id), model.name, model.family] + \
                      [_fmt(figures.get(key)) for key, _ in FIGURES]
             for column, value in enumerate(values):
@@ -201,7 +202,7 @@ class ModelPage(QWidget):
         same_images = (new is not None and active is not None and self.compare_figures is not None
                        and self.compare_model_id == active.id)
         for column, model in enumerate((active, new)):
-            figures = (model.meta.get("evaluation", {}) or {}) if model else {}
+            figures = package_figures(model.meta) if model else {}
             if column == 0 and same_images:
                 figures = self.compare_figures
             for row, (key, _) in enumerate(FIGURES):

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from core.inference.detector import Detector
-from core.inference.package import FORMAT_VERSION, PackageError, load_package, new_meta, read_meta, save_package
+from core.inference.package import (FORMAT_VERSION, PackageError, load_package, new_meta, package_figures, read_meta,
+                                    save_package)
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.baseline import BaselineNetwork
@@ -104,3 +105,15 @@ def test_non_finite_weights_are_rejected(tmp_path):
                "scale": torch.ones(1)}, str(path / "weights.safetensors"))
     with pytest.raises(PackageError, match="NaN or infinite"):
         load_package(path)
+
+
+def test_the_figures_shown_for_a_package_come_from_either_way_of_recording_them():
+    retrained = {"evaluation": {"image_auroc": 0.9, "miou": 0.4, "seconds": 3.0}, "dataset": {"path": "/d/a"}}
+    assert package_figures(retrained) == {"image_auroc": 0.9, "miou": 0.4}
+    evaluated = {"dataset": {"path": "/d/a"}, "evaluation": {
+        "a/test": {"image_auroc": 0.8, "miou": 0.3, "dataset_path": "/d/a", "images": 10},
+        "b/test": {"image_auroc": 0.7, "miou": 0.2, "dataset_path": "/d/b", "images": 5}}}
+    assert package_figures(evaluated) == {"image_auroc": 0.8, "miou": 0.3}  # the dataset it was trained on
+    evaluated["dataset"]["path"] = "/d/elsewhere"
+    assert package_figures(evaluated) == {"image_auroc": 0.7, "miou": 0.2}  # else the latest recorded
+    assert package_figures({"evaluation": {}}) == {} and package_figures({"evaluation": "junk"}) == {}

@@ -9,7 +9,9 @@ model.json keys (all required unless marked optional):
     normalisation    {"mean": [3 floats], "std": [3 floats]}
     thresholds       {"ok", "ng", "pixel"}
     dataset          {"path": str, "hash": str} the training data (optional "supervision")
-    evaluation       dict of figures (may be empty)
+    evaluation       dict of figures (may be empty): flat {"image_auroc": ...} as a retrain records them on its
+                     own test images, and/or one {"<dataset>/<split>": {figures, "dataset_path"}} per
+                     `inspector evaluate`; package_figures() reads either
     software         {"inspector": str, "torch": str}
     created          ISO-8601 time
     mask_refinement  optional: the dense-CRF settings that refine masks (core.inference.mask_refinement);
@@ -84,6 +86,29 @@ def new_meta(*, family: str, backbone: str, config: dict, input_size: tuple[int,
         "software": {"inspector": __version__, "torch": torch.__version__},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+FIGURE_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "miou", "iou")
+
+
+def package_figures(meta: dict) -> dict:
+    """The evaluation figures to show for a package ({key: number or None}, keys of FIGURE_KEYS that it has).
+
+    Flat figures (a retrain's, on its own test images) come first; otherwise the `inspector evaluate` entry on
+    the dataset the package was trained on, or else the latest entry recorded."""
+    evaluation = meta.get("evaluation") or {}
+    if not isinstance(evaluation, dict):
+        return {}
+    flat = {key: evaluation[key] for key in FIGURE_KEYS if key in evaluation}
+    if flat:
+        return flat
+    entries = [entry for entry in evaluation.values() if isinstance(entry, dict)]
+    if not entries:
+        return {}
+    trained_on = str((meta.get("dataset") or {}).get("path", ""))
+    chosen = next((entry for entry in reversed(entries) if str(entry.get("dataset_path", "")) == trained_on),
+                  entries[-1])
+    return {key: chosen[key] for key in FIGURE_KEYS if key in chosen}
 
 
 def save_package(out_dir: str | Path, network: nn.Module, meta: dict) -> Path:
