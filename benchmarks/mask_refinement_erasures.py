@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     threshold = raw_detector.thresholds.pixel
     refinement = raw_detector.package.mask_refinement
     good = {"images": 0, "raw_finding": 0, "erased": 0}
-    defect = {"images": 0, "erased": 0, "erased_raw_iou": [], "erased_types": []}
+    defect = {"images": 0, "raw_finding": 0, "erased": 0, "erased_raw_iou": [], "erased_types": []}
     ious = {"raw": [], "refined": [], "default": []}
     for sample in open_dataset(args.dataset).split(args.split):
         image, truth = sample.load()
@@ -54,6 +54,7 @@ def main(argv=None) -> int:
         if truth is None:
             continue
         defect["images"] += 1
+        defect["raw_finding"] += int(result.mask.any())
         if erased:
             defect["erased"] += 1
             defect["erased_raw_iou"].append(round(iou(result.mask, truth), 3))
