@@ -301,9 +301,11 @@ def test_two_quick_tags_of_one_image_keep_the_second_whatever_order_the_tasks_ru
     assert window.errors == []
 
 
-def test_a_package_with_a_mask_refinement_streams_with_refined_masks_and_says_so(station, qtbot):
+def test_a_package_with_a_mask_refinement_streams_with_refined_masks_and_says_so(app_window, qtbot, station):
     """The live path with a dense-CRF refinement in the active package: no error, masks drawn, the Models page
     names it and what the trainer measured when it chose it."""
+    window, context = app_window
+    window.login("eve", "eve-secret")
     refined_dir = station.data_dir / "models" / "refined"  # the baseline's map is no probability: SuperSimpleNet
     trainer_for("supersimplenet")(open_dataset(station.frames_dir.parent / "dataset"),
                                   TrainOptions(out=refined_dir, supervision="full", epochs=1, device="cpu",
@@ -313,43 +315,25 @@ def test_a_package_with_a_mask_refinement_streams_with_refined_masks_and_says_so
     meta.setdefault("calibration", {})["mask_refinement"] = {"images": 40, "miou_raw": 0.31,
                                                              "miou_candidates": [0.42, 0.40, 0.39], "chosen": 0}
     (refined_dir / "model.json").write_text(json.dumps(meta))
-    db = open_database(None, station.data_dir)
-    engineer = db.authenticate("eve", "eve-secret")
-    db.activate_model(db.register_model(refined_dir, read_meta(refined_dir), user=engineer), engineer)
-    db.close()
+    db = context.db
+    db.activate_model(db.register_model(refined_dir, read_meta(refined_dir), user=context.user), context.user)
 
-    from PySide6.QtWidgets import QApplication
-
-    apply_style(QApplication.instance())
-    db = open_database(None, station.data_dir)
-    context = AppContext(load_settings(station.settings_path), station.settings_path, station.data_dir, db)
-    window = MainWindow(context)
-    qtbot.addWidget(window)
-    errors: list[str] = []
-    context.error.connect(errors.append)
-    window.show()
-    context.set_user(db.authenticate("eve", "eve-secret"))
-    try:
-        stream(qtbot, window, context, 20)
-        rows = db.list_inspections(limit=100)
-        assert errors == [] and len(rows) >= 20
-        found = [row for row in rows if row.mask_path is not None and db.load_mask(row.id).any()]
-        assert found, "some frames have a defect mask"
-        # what the line stored is the refined mask, not the raw one, for the frame as it was stored
-        refined, raw = Detector.load(refined_dir, device="cpu"), Detector.load(refined_dir, device="cpu",
-                                                                               refine_masks=False)
-        image = db.load_image(found[0].id)
-        stored = db.load_mask(found[0].id)
-        assert np.array_equal(stored, refined.predict([image])[0].mask)
-        assert not np.array_equal(stored, raw.predict([image])[0].mask)
-        page = window.show_page("model")
-        page.reload()
-        qtbot.waitUntil(lambda: "masks snapped to image edges" in page.active_label.text(), timeout=WAIT)
-        assert "mIoU on 40 training masks 0.31 → 0.42" in page.active_label.text()
-    finally:
-        window.close()
-        workers.wait_idle(30_000)
-        db.close()
+    stream(qtbot, window, context, 20)
+    rows = db.list_inspections(limit=100)
+    assert window.errors == [] and len(rows) >= 20
+    found = [row for row in rows if row.mask_path is not None and db.load_mask(row.id).any()]
+    assert found, "some frames have a defect mask"
+    # what the line stored is the refined mask, not the raw one, for the frame as it was stored
+    refined, raw = Detector.load(refined_dir, device="cpu"), Detector.load(refined_dir, device="cpu",
+                                                                           refine_masks=False)
+    image = db.load_image(found[0].id)
+    stored = db.load_mask(found[0].id)
+    assert np.array_equal(stored, refined.predict([image])[0].mask)
+    assert not np.array_equal(stored, raw.predict([image])[0].mask)
+    page = window.show_page("model")
+    page.reload()
+    qtbot.waitUntil(lambda: "masks snapped to image edges" in page.active_label.text(), timeout=WAIT)
+    assert "mIoU on 40 training masks 0.31 → 0.42" in page.active_label.text()
 
 
 def test_retrain_promote_roll_back_and_calibrate(app_window, qtbot, station):
