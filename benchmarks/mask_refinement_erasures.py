@@ -38,8 +38,8 @@ def main(argv=None) -> int:
     ious = {"raw": [], "refined": [], "default": []}
     for sample in open_dataset(args.dataset).split(args.split):
         image, truth = sample.load()
-        result = raw_detector.predict([image])[0]
-        _, maps = raw_detector.infer([image])
+        scores, maps = raw_detector.infer([image])
+        result = raw_detector.postprocess([image], scores, maps)[0]
         if result.mask.any():
             rgb = to_uint8_rgb(resize_rgb_float(image, raw_detector.input_size))
             refined = refined_mask(refinement, rgb, maps[0], threshold, image.shape[:2])

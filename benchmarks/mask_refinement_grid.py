@@ -49,11 +49,11 @@ def main() -> int:
     for start in range(0, len(samples), 8):
         loaded = _load_batch(samples[start:start + 8])
         images = [image for image, _ in loaded]
-        _, maps = detector.infer(images)
+        scores, maps = detector.infer(images)
         for offset, ((image, mask), small_map) in enumerate(zip(loaded, maps)):
             index = start + offset
             types.append(samples[index].defect_type)
-            result = detector.predict([image])[0]
+            result = detector.postprocess([image], scores[offset:offset + 1], small_map[None])[0]
             raw.append(iou(result.mask, mask))
             rgb = to_uint8_rgb(resize_rgb_float(image, detector.input_size))
             for row, refinement in enumerate(GRID):

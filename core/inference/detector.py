@@ -87,7 +87,11 @@ class Detector:
                 maps.float().cpu().numpy().reshape(len(images), *self.input_size))
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Result]:
-        scores, maps = self.infer(images)
+        return self.postprocess(images, *self.infer(images))
+
+    def postprocess(self, images: Sequence[np.ndarray], scores: np.ndarray, maps: np.ndarray) -> list[Result]:
+        """Results from infer()'s scores (N,) and maps (N, H, W) for the same images: the map back at each image's
+        size, the mask, the verdict."""
         results = []
         for image, score, small_map in zip(images, scores, maps):
             full_map = cv2.resize(small_map, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
