@@ -224,7 +224,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         meta = read_meta(args.model)
         figures = {k: report.get(k) for k in FIGURE_KEYS}
         meta.setdefault("evaluation", {})[f"{dataset.root.name}/{args.split}"] = {
-            **figures, "dataset_path": str(dataset.root), "images": report.get("counts", {}).get("images")}
+            **figures, "dataset_path": report["dataset"]["path"], "images": report.get("counts", {}).get("images")}
         try:
             write_meta(args.model, meta)
         except OSError as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from core.data.synthetic import write_synthetic_dataset
 from core.inference.mask_refinement import MaskRefinement
+from core.inference.package import FIGURE_KEYS, package_figures
 from core.training.holdout import OUT_OF_FOLD
 
 
@@ -43,6 +45,22 @@ def test_evaluate_prints_and_writes_the_report(trained, tmp_path):
     assert report["image_auroc"] > 0.8
     recorded = json.loads((model / "model.json").read_text())["evaluation"]
     assert any(entry["image_auroc"] == report["image_auroc"] for entry in recorded.values())
+
+
+def test_figures_recorded_from_a_relative_dataset_path_are_the_ones_shown_for_the_training_dataset(trained,
+                                                                                                     tmp_path):
+    dataset, model = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    other = write_synthetic_dataset(tmp_path / "other", train_good=6, train_defect=2, test_good=4, test_defect=4)
+    for path, cwd in ((dataset.name, dataset.parent), (str(other), None)):  # the training dataset first
+        assert inspector("evaluate", str(copy), path, cwd=cwd).returncode == 0
+    meta = json.loads((copy / "model.json").read_text())
+    first = meta["evaluation"][f"{dataset.name}/test"]
+    assert first["dataset_path"] == meta["dataset"]["path"] == str(dataset.resolve())
+    figures = {key: first[key] for key in FIGURE_KEYS}
+    assert figures != {key: meta["evaluation"][f"{other.name}/test"][key] for key in FIGURE_KEYS}
+    assert package_figures(meta) == figures  # the training dataset's, though the other was recorded later
 
 
 def test_predict_writes_overlays_and_masks(trained, tmp_path):
