@@ -50,10 +50,10 @@ def main() -> int:
         loaded = _load_batch(samples[start:start + 8])
         images = [image for image, _ in loaded]
         scores, maps = detector.infer(images)
-        for offset, ((image, mask), small_map) in enumerate(zip(loaded, maps)):
+        results = detector.postprocess(images, scores, maps)  # the raw masks (refine_masks=False)
+        for offset, ((image, mask), small_map, result) in enumerate(zip(loaded, maps, results)):
             index = start + offset
             types.append(samples[index].defect_type)
-            result = detector.postprocess([image], scores[offset:offset + 1], small_map[None])[0]
             raw.append(iou(result.mask, mask))
             rgb = to_uint8_rgb(resize_rgb_float(image, detector.input_size))
             for row, refinement in enumerate(GRID):

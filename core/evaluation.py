@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -100,7 +99,7 @@ def evaluate(detector, dataset: Dataset, split: str = "test",
         "split": split,
         "model": {"path": str(package.path), "family": str(package.meta.get("family", "")),
                   "device": str(detector.device)},
-        "dataset": {"path": str(Path(dataset.root).resolve()), "layout": dataset.layout},
+        "dataset": {"path": dataset.resolved_path, "layout": dataset.layout},
         "thresholds": detector.thresholds.to_dict(),
         "mask_refinement": _refinement(detector),
         "verdicts": verdicts,

@@ -59,6 +59,17 @@ def test_station_layout_from_synthetic_writer(tmp_path: Path) -> None:
     assert len(dataset.content_hash()) == 64
 
 
+def test_package_record_names_the_dataset_by_its_absolute_path_whichever_way_it_was_opened(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    root = write_synthetic_dataset(tmp_path / "ds", train_good=2, train_defect=2, test_good=1, test_defect=1,
+                                   size=(32, 32))
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = open_dataset("ds"), open_dataset(root.resolve())
+    assert relative.resolved_path == absolute.resolved_path == str(root.resolve())
+    record = relative.package_record("weak")
+    assert record == {"path": str(root.resolve()), "hash": absolute.content_hash(), "supervision": "weak"}
+
+
 def test_grey_colour_8_and_16_bit_images(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     good = tmp_path / "ds" / "train" / "good"

@@ -74,6 +74,16 @@ class Dataset:
         return {"good": sum(s.label == 0 for s in samples), "defect": sum(s.label == 1 for s in samples),
                 "segmented": sum(s.label == 1 and s.is_segmented for s in samples)}
 
+    @property
+    def resolved_path(self) -> str:
+        """The dataset's absolute path, as packages and reports record it (so a relative path given once and an
+        absolute one given later name the same dataset)."""
+        return str(Path(self.root).resolve())
+
+    def package_record(self, supervision: str) -> dict:
+        """model.json's ``dataset`` entry for a model trained on this dataset: path, content hash, supervision."""
+        return {"path": self.resolved_path, "hash": self.content_hash(), "supervision": supervision}
+
     def content_hash(self) -> str:
         """sha256 over every file's relative path, label and bytes: identifies exactly what was trained on."""
         digest = hashlib.sha256()

@@ -28,8 +28,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     meta = new_meta(family="baseline", backbone="none", config={"smoothing": network.smoothing},
                     input_size=INPUT_SIZE, normalisation=IMAGENET_NORMALISATION,
                     thresholds=Thresholds(ok=0.5, ng=0.5, pixel=1.0),
-                    dataset={"path": str(Path(dataset.root).resolve()), "hash": dataset.content_hash(),
-                             "supervision": options.supervision})
+                    dataset=dataset.package_record(options.supervision))
     detector = Detector(LoadedPackage(path=Path(options.out), meta=meta, network=network), device="cpu")
     clock = EtaClock()
 

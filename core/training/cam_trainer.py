@@ -238,7 +238,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         stages.end(ok=held_cut[0], ng=held_cut[1])
 
     meta_base = dict(family="cam", backbone=options.backbone, input_size=size, normalisation=norm,
-                     dataset={"path": str(Path(dataset.root).resolve()), "hash": dataset.content_hash(), "supervision": "weak"})
+                     dataset=dataset.package_record("weak"))
     model, masks = pipeline.run(data.images, feats, labels, rng, stages, keep, meta_base)
 
     stages.begin("calibrate", "pixel threshold from the pseudo masks; OK/NG from the "

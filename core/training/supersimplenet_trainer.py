@@ -608,8 +608,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         refinement, refinement_record = scored.choose_mask_refinement(thresholds.pixel, size)
     meta = new_meta(family=FAMILY, backbone=options.backbone, config=config, input_size=size,
                     normalisation=IMAGENET_NORMALISATION, thresholds=thresholds,
-                    dataset={"path": str(Path(dataset.root).resolve()), "hash": dataset.content_hash(),
-                             "supervision": options.supervision})
+                    dataset=dataset.package_record(options.supervision))
     meta["calibration"] = describe(crossfit, scored.image_labels, settings["calibration_folds"], scored.image_scores,
                                    thresholds)
     meta["calibration"]["mask_refinement"] = refinement_record
