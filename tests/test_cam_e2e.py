@@ -13,6 +13,7 @@ from core.data.dataset import open_dataset
 from core.data.synthetic import write_synthetic_dataset
 from core.evaluation import evaluate
 from core.inference.detector import Detector
+from core.inference.mask_refinement import CANDIDATES
 from core.inference.package import read_meta
 from core.training.api import TrainingCancelled, TrainingError, TrainOptions, trainer_for
 from core.training.holdout import OUT_OF_FOLD
@@ -44,6 +45,9 @@ def test_train_package_load_predict(dataset, tmp_path):
     # two calibration copies of the classifier, each trained without half of each class, scored that half; the
     # OK/NG thresholds were set on all 44 out-of-fold scores before the shipped pipeline ran on all images
     review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
+    # masks are snapped to edges at inference by the pseudo masks' own CRF settings, a fixed choice (no masks)
+    assert meta["calibration"].pop("mask_refinement")["chosen"] == "fixed"
+    assert meta["mask_refinement"] == CANDIDATES[1].to_dict()
     assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 24, "defect": 20,
                                    "refit": True, "note": ""}
@@ -55,6 +59,7 @@ def test_train_package_load_predict(dataset, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "weights.safetensors"]
 
     detector = Detector.load(out, device="cpu")
+    assert detector.mask_refinement == CANDIDATES[1]
     images = [np.full((70, 130), 128, np.uint8), np.zeros((96, 96, 3), np.uint8)]
     results = detector.predict(images)
     assert [r.anomaly_map.shape for r in results] == [(70, 130), (96, 96)]
@@ -101,7 +106,9 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
     refusals = [({"seg_rounds": 0}, "seg_rounds must be a whole number of at least 1"),
                 ({"seg_rounds": 2.5}, "'seg_rounds' cannot be 2.5"),          # a whole number is due
                 ({"clm_weight": "high"}, "'clm_weight' cannot be 'high'"),   # a word where a number belongs
-                ({"background_within": [3]}, "'background_within' cannot be")]
+                ({"background_within": [3]}, "'background_within' cannot be"),
+                ({"crf_iterations": 0}, "cam CRF settings: mask refinement iterations"),  # before any work
+                ({"refine_masks": "yes"}, "'refine_masks' cannot be 'yes'")]
     for extra, message in refusals:
         with pytest.raises(TrainingError, match=message):
             train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra=extra), print)
@@ -109,20 +116,25 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
 
 @pytest.mark.timeout(120)
 def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
-    """seg_rounds 1 stops after the first segmenter; 2 is the issue's pipeline (the default is 3)."""
+    """seg_rounds 1 stops after the first segmenter; 2 is the issue's pipeline (the default is 3). The first run
+    also turns the inference-time mask refinement off."""
     expected = {1: ["segmenter-1"], 2: ["segmenter-1", "refine", "segmenter-2"]}
     for rounds, stages in expected.items():
         events = []
         out = trainer_for("cam")(open_dataset(dataset), TrainOptions(
             out=tmp_path / f"rounds{rounds}", epochs=1,
-            extra={**FAST, "calibration_folds": 0, "seg_rounds": rounds}), events.append)
-        seconds = read_meta(out)["config"]["stage_seconds"]
+            extra={**FAST, "calibration_folds": 0, "seg_rounds": rounds, "refine_masks": rounds != 1}), events.append)
+        meta = read_meta(out)
+        assert ("mask_refinement" in meta) == (rounds != 1)
+        seconds = meta["config"]["stage_seconds"]
         assert {name for name in seconds if name.startswith(("segmenter", "refine"))} == set(stages)
         ran = [e.stage for e in events if e.stage.startswith(("segmenter", "refine"))]
         assert sorted(set(ran), key=ran.index) == stages   # in this order
         fractions = [e.fraction for e in events]
         assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
-        result = Detector.load(out, device="cpu").predict([np.zeros((96, 96, 3), np.uint8)])[0]
+        detector = Detector.load(out, device="cpu")
+        assert (detector.mask_refinement is None) == (rounds == 1)
+        result = detector.predict([np.zeros((96, 96, 3), np.uint8)])[0]
         assert result.anomaly_map.shape == (96, 96)
 
 

@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 from core.data.dataset import Dataset
 from core.inference.calibration import CalibrationError, image_thresholds, pixel_threshold
 from core.inference.detector import resolve_device
+from core.inference.mask_refinement import MaskRefinement
 from core.inference.package import new_meta, save_package
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION, backbone_channels, build_backbone
@@ -94,6 +95,11 @@ class CamConfig:
     unexplained_background_within: int | None = 0
     good_per_epoch: int = 0      # good images per segmenter epoch; 0: as many as defect images
     calibration_folds: int = DEFAULT_FOLDS  # calibration copies whose out-of-fold scores set OK/NG; 0: none
+    # the station's masks snapped to image edges by a dense CRF at inference (core.inference.mask_refinement),
+    # with the same settings as the CRF that made the pseudo masks the segmenter learnt from. Without training
+    # masks there is nothing to choose it on at training time; it was chosen on mtd/train's masks, which this
+    # trainer never reads (docs/results.md, "Masks snapped to edges at inference")
+    refine_masks: bool = True
     threads: int = 2
 
     @classmethod
@@ -108,6 +114,10 @@ class CamConfig:
         config = cls(**extra)
         if not isinstance(config.seg_rounds, int) or config.seg_rounds < 1:
             raise TrainingError(f"seg_rounds must be a whole number of at least 1, got {config.seg_rounds!r}")
+        try:  # the CRF settings also make the package's mask refinement: refuse what it would refuse, now
+            config.mask_refinement()
+        except ValueError as exc:
+            raise TrainingError(f"cam CRF settings: {exc}") from exc
         if options.epochs is not None:
             if options.epochs < 1:
                 raise TrainingError(f"epochs must be at least 1, got {options.epochs}")
@@ -118,6 +128,10 @@ class CamConfig:
     def crf(self) -> dict:
         return {"iterations": self.crf_iterations, "bilateral_sxy": self.crf_bilateral_sxy,
                 "bilateral_srgb": self.crf_bilateral_srgb, "bilateral_compat": self.crf_bilateral_compat}
+
+    def mask_refinement(self) -> MaskRefinement | None:
+        """The package's inference-time refinement: the pseudo-mask CRF's settings (None when refine_masks is off)."""
+        return MaskRefinement(**self.crf(), gauss_sxy=3.0, gauss_compat=3.0) if self.refine_masks else None
 
 
 # Share of the run each stage takes (for the overall fraction and ETA), from a CPU run on mtd (2 segmenter rounds).
@@ -256,6 +270,12 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     meta = new_meta(config=config, thresholds=thresholds,
                     evaluation={"train_seconds": config["total_seconds"]}, **meta_base)
     meta["calibration"] = describe(crossfit, labels, cfg.calibration_folds, calibration_scores, thresholds)
+    refinement = cfg.mask_refinement()
+    if refinement is not None:
+        meta["mask_refinement"] = refinement.to_dict()
+        meta["calibration"]["mask_refinement"] = {"images": 0, "chosen": "fixed",
+                                                  "note": "the pseudo masks' CRF settings; no training masks to "
+                                                          "choose on (image labels only)"}
     if keep is not None:
         (keep / "config.json").write_text(json.dumps(config, indent=2))
     return save_package(options.out, model.cpu(), meta)
