@@ -1,13 +1,15 @@
 """mIoU of a model package's masks with dense-CRF mask refinements from a grid of settings, and without.
 
 Usage:
-    .venv/bin/python benchmarks/mask_refinement_grid.py MODEL_DIR DATASET [--split train] [--limit 120]
+    .venv/bin/python benchmarks/mask_refinement_grid.py MODEL_DIR DATASET [--split train] [--limit 120] [--candidates]
 
 The grid that chose the first of core.inference.mask_refinement.CANDIDATES: Gaussian sxy {1, 3} x bilateral sxy
 {5, 10, 20} x bilateral srgb {3, 6, 12} x bilateral compat {3, 6, 10} (54 settings), each as MaskRefinement
 applies it at inference (at the network's input size, inside the box around the raw mask), on the split's first
 ``--limit`` defect images with masks. Prints the raw mIoU, the best 10 settings and the worst 3, with per-type
-mIoU. Choose settings on the train split; reading the test split here is for diagnosis only.
+mIoU. With ``--candidates``: the trainers' CANDIDATES instead of the grid, each reported in their order (how the
+cam family's fixed refinement was chosen on mtd/train's masks, which its trainer never reads). Choose settings on
+the train split; reading the test split here is for diagnosis only.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from core.data.dataset import open_dataset
 from core.data.images import resize_rgb_float
 from core.evaluation import _load_batch
 from core.inference.detector import Detector
-from core.inference.mask_refinement import MaskRefinement, refined_mask, to_uint8_rgb
+from core.inference.mask_refinement import CANDIDATES, MaskRefinement, refined_mask, to_uint8_rgb
 from core.metrics import iou
 
 GRID = [MaskRefinement(gauss_sxy=g, bilateral_sxy=b, bilateral_srgb=c, bilateral_compat=k)
@@ -37,6 +39,7 @@ def main() -> int:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--split", default="train", choices=["train", "test"])
     parser.add_argument("--limit", type=int, default=120, help="defect images with masks to use (the first N)")
+    parser.add_argument("--candidates", action="store_true", help="the trainers' CANDIDATES instead of the grid")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -45,7 +48,8 @@ def main() -> int:
     threshold = detector.thresholds.pixel
     samples = [s for s in open_dataset(args.dataset).split(args.split) if s.label and s.mask_path is not None]
     samples = samples[:args.limit]
-    raw, ious, types = [], np.empty((len(GRID), len(samples))), []
+    settings = list(CANDIDATES) if args.candidates else GRID
+    raw, ious, types = [], np.empty((len(settings), len(samples))), []
     for start in range(0, len(samples), 8):
         loaded = _load_batch(samples[start:start + 8])
         images = [image for image, _ in loaded]
@@ -56,7 +60,7 @@ def main() -> int:
             types.append(samples[index].defect_type)
             raw.append(iou(result.mask, mask))
             rgb = to_uint8_rgb(resize_rgb_float(image, detector.input_size))
-            for row, refinement in enumerate(GRID):
+            for row, refinement in enumerate(settings):
                 ious[row, index] = iou(refined_mask(refinement, rgb, small_map, threshold, mask.shape), mask)
     kinds = np.array(types)
 
@@ -66,10 +70,13 @@ def main() -> int:
 
     order = np.argsort(-ious.mean(axis=1))
     report = {"model": str(args.model), "split": args.split, "images": len(samples), "pixel_threshold": threshold,
-              "raw": summary(np.asarray(raw)),
-              "best": [{"setting": GRID[i].to_dict(), **summary(ious[i])} for i in order[:10]],
-              "worst": [{"setting": GRID[i].to_dict(), **summary(ious[i])} for i in order[-3:]],
-              "seconds": round(time.perf_counter() - started, 1)}
+              "raw": summary(np.asarray(raw))}
+    if args.candidates:
+        report["candidates"] = [{"setting": c.to_dict(), **summary(ious[i])} for i, c in enumerate(settings)]
+    else:
+        report["best"] = [{"setting": GRID[i].to_dict(), **summary(ious[i])} for i in order[:10]]
+        report["worst"] = [{"setting": GRID[i].to_dict(), **summary(ious[i])} for i in order[-3:]]
+    report["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=1))
     return 0
 
