@@ -13,7 +13,7 @@ from core.data.dataset import open_dataset
 from core.data.synthetic import write_synthetic_dataset
 from core.evaluation import evaluate
 from core.inference.detector import Detector
-from core.inference.mask_refinement import CANDIDATES
+from core.inference.mask_refinement import WITHOUT_MASKS, fixed_choice_record
 from core.inference.package import read_meta
 from core.training.api import TrainingCancelled, TrainingError, TrainOptions, trainer_for
 from core.training.holdout import OUT_OF_FOLD
@@ -46,8 +46,8 @@ def test_train_package_load_predict(dataset, tmp_path):
     # OK/NG thresholds were set on all 44 out-of-fold scores before the shipped pipeline ran on all images
     review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
     # masks are snapped to edges at inference by the pseudo masks' own CRF settings, a fixed choice (no masks)
-    assert meta["calibration"].pop("mask_refinement")["chosen"] == "fixed"
-    assert meta["mask_refinement"] == CANDIDATES[1].to_dict()
+    assert meta["calibration"].pop("mask_refinement") == fixed_choice_record()
+    assert meta["mask_refinement"] == WITHOUT_MASKS.to_dict()
     assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 24, "defect": 20,
                                    "refit": True, "note": ""}
@@ -59,7 +59,7 @@ def test_train_package_load_predict(dataset, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "weights.safetensors"]
 
     detector = Detector.load(out, device="cpu")
-    assert detector.mask_refinement == CANDIDATES[1]
+    assert detector.mask_refinement == WITHOUT_MASKS
     images = [np.full((70, 130), 128, np.uint8), np.zeros((96, 96, 3), np.uint8)]
     results = detector.predict(images)
     assert [r.anomaly_map.shape for r in results] == [(70, 130), (96, 96)]

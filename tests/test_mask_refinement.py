@@ -14,8 +14,8 @@ import core.inference.mask_refinement as refinement_module
 from core.data.images import resize_rgb_float
 from core.data.synthetic import plant_defect, textured_surface
 from core.inference.detector import Detector
-from core.inference.mask_refinement import (CANDIDATES, MaskRefinement, centred_probability, choose_refinement,
-                                            refined_mask, to_uint8_rgb)
+from core.inference.mask_refinement import (CANDIDATES, WITHOUT_MASKS, MaskRefinement, centred_probability,
+                                            choose_refinement, fixed_choice_record, refined_mask, to_uint8_rgb)
 from core.inference.package import PackageError, load_package, new_meta, save_package
 from core.inference.result import Thresholds
 from core.metrics import iou
@@ -104,6 +104,9 @@ def test_a_package_says_in_one_line_whether_and_why_its_masks_are_refined():
                                                 "masks 0.28 → 0.38)")
     assert refinement_module.describe({**meta, "calibration": {}}) == "masks snapped to image edges (dense CRF)"
     assert refinement_module.describe({"calibration": {"mask_refinement": {**record, "chosen": None}}}) == ""
+    fixed = {"mask_refinement": WITHOUT_MASKS.to_dict(), "calibration": {"mask_refinement": fixed_choice_record()}}
+    assert refinement_module.describe(fixed) == ("masks snapped to image edges (dense CRF; fixed setting: no training "
+                                                 "masks to choose one on)")
 
 
 @pytest.mark.parametrize("data, message", [

@@ -10,7 +10,7 @@ import torch
 from core.data.dataset import open_dataset
 from core.data.synthetic import write_synthetic_dataset
 from core.inference.detector import Detector
-from core.inference.mask_refinement import CANDIDATES, MIN_GAIN
+from core.inference.mask_refinement import CANDIDATES, MIN_GAIN, WITHOUT_MASKS, fixed_choice_record
 from core.inference.package import load_package
 from core.metrics import auroc
 from core.training.api import ProgressEvent, TrainingCancelled, TrainOptions, trainer_for
@@ -59,9 +59,9 @@ def test_weak_training_separates_planted_defects(dataset, tmp_path):
     # the thresholds came from two calibration copies' out-of-fold scores of all 48 training images
     review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
     assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
-    # weak: no defect masks, so no mask refinement is chosen or shipped
-    assert meta["calibration"].pop("mask_refinement") == {"note": "no training masks to choose a mask refinement on"}
-    assert "mask_refinement" not in meta
+    # weak: no defect masks to choose a mask refinement on, so the fixed one is shipped and the detector uses it
+    assert meta["calibration"].pop("mask_refinement") == fixed_choice_record()
+    assert meta["mask_refinement"] == WITHOUT_MASKS.to_dict() and detector.mask_refinement == WITHOUT_MASKS
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,
                                    "refit": True, "note": ""}
 
@@ -112,7 +112,7 @@ def test_unsupervised_and_cancel(dataset, tmp_path):
     assert meta["training"]["images"] == 32
     review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
     assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
-    # weak: no defect masks, so no mask refinement is chosen or shipped
+    # unsupervised: no defect masks, and no mask refinement is shipped
     assert meta["calibration"].pop("mask_refinement") == {"note": "no training masks to choose a mask refinement on"}
     assert "mask_refinement" not in meta
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,

@@ -139,6 +139,16 @@ CANDIDATES: tuple[MaskRefinement, ...] = (
     MaskRefinement(bilateral_srgb=6.0, bilateral_compat=6.0),
 )
 MIN_GAIN = 0.01  # mIoU a candidate must add over the raw masks to be used: less is within the noise
+# What a trainer ships when it has no training masks to choose on (the cam family, SuperSimpleNet's weak regime): the
+# pseudo-mask CRF's settings, the best candidate on average over 3 seeds of each on mtd/train's masks, which neither
+# trainer reads (mIoU cam 0.209 -> 0.252, weak 0.057 -> 0.108; docs/results.md, "Masks snapped to edges at inference").
+WITHOUT_MASKS = CANDIDATES[1]
+
+
+def fixed_choice_record() -> dict:
+    """calibration.mask_refinement of a package whose refinement is the fixed one (no masks were there to choose on)."""
+    return {"images": 0, "chosen": "fixed",
+            "note": "no training masks to choose on: the fixed setting chosen on mtd/train's masks"}
 
 
 def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
@@ -181,6 +191,8 @@ def describe(meta: dict) -> str:
         return ""
     record = (meta.get("calibration") or {}).get("mask_refinement") or {}
     chosen, scores = record.get("chosen"), record.get("miou_candidates") or []
+    if chosen == "fixed":
+        return "masks snapped to image edges (dense CRF; fixed setting: no training masks to choose one on)"
     if isinstance(chosen, int) and 0 <= chosen < len(scores) and "miou_raw" in record:
         return (f"masks snapped to image edges (dense CRF; mIoU on {record.get('images')} training masks "
                 f"{record['miou_raw']:.2f} → {scores[chosen]:.2f})")
