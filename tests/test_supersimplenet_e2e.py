@@ -92,9 +92,11 @@ def test_full_supervision_localises_defects(dataset, tmp_path):
 
 
 def test_holding_back_for_calibration_leaves_the_shipped_network_as_it_would_be(dataset, tmp_path):
-    held, _ = _train(dataset, tmp_path / "held", "weak", epochs=1, extra={"calibration_folds": 3})
-    plain, _ = _train(dataset, tmp_path / "plain", "weak", epochs=1, extra={"calibration_folds": 0})
+    # one thread each: with "auto" a busy moment could give the runs different thread counts, and float sums differ
+    held, _ = _train(dataset, tmp_path / "held", "weak", epochs=1, extra={"calibration_folds": 3, "threads": 1})
+    plain, _ = _train(dataset, tmp_path / "plain", "weak", epochs=1, extra={"calibration_folds": 0, "threads": 1})
     held_package, plain_package = load_package(held), load_package(plain)
+    assert held_package.meta["training"]["cpu_threads"] == plain_package.meta["training"]["cpu_threads"] == 1
     record = held_package.meta["calibration"]
     assert record["refit"] and (record["folds"], record["good"], record["defect"]) == (3, 32, 16)
     assert not plain_package.meta["calibration"]["refit"]

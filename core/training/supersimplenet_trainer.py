@@ -619,7 +619,10 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     meta["calibration"]["mask_refinement"] = refinement_record
     if refinement is not None:
         meta["mask_refinement"] = refinement.to_dict()
+    # threads as resolved (settings say 0 for auto): float sums differ with the thread count, so two runs of one seed
+    # give byte-identical weights only with the same number (a busy machine gets one thread; see _cpu_threads)
     meta["training"] = {**fit, "seed": options.seed, "device": device.type, "flips": list(cache.flips),
+                        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
                         "images": len(training.samples), "seconds": round(time.monotonic() - started, 1),
                         "settings": settings}  # every training setting as resolved for this run, for reproduction
     out = save_package(options.out, network.to("cpu"), meta)
