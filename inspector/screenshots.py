@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("out", help="folder for the PNG files")
     parser.add_argument("--data-dir", help="demo data directory (default: a temporary one)")
     parser.add_argument("--stream-s", type=float, default=15.0, help="seconds of streaming before the Live shot")
+    parser.add_argument("--family", default="baseline", help="the demo model's family (core.demo.DEMO_TRAINING)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     apply_style(app)
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="inspector-shots-"))
-    setup = prepare_demo(data_dir)
+    setup = prepare_demo(data_dir, family=args.family)
     settings = load_settings(setup.settings_path)
     db = open_database(settings.storage.database_url or None, data_dir)
     shots: list[Path] = []
