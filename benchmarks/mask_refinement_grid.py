@@ -6,7 +6,8 @@ Usage:
 The grid that chose the first of core.inference.mask_refinement.CANDIDATES: Gaussian sxy {1, 3} x bilateral sxy
 {5, 10, 20} x bilateral srgb {3, 6, 12} x bilateral compat {3, 6, 10} (54 settings), each as MaskRefinement
 applies it at inference (at the network's input size, inside the box around the raw mask), on the split's first
-``--limit`` defect images with masks. Prints the raw mIoU, the best 10 settings and the worst 3, with per-type
+``--limit`` defect images with masks (an NG image whose refined mask comes out empty keeps its raw mask, as in the
+Detector; until 2026-12-01 this script scored the empty mask, so its earlier figures are a little lower). Prints the raw mIoU, the best 10 settings and the worst 3, with per-type
 mIoU. With ``--candidates``: the trainers' CANDIDATES instead of the grid, each reported in their order (how the
 cam family's fixed refinement was chosen on mtd/train's masks, which its trainer never reads). Choose settings on
 the train split; reading the test split here is for diagnosis only.
@@ -27,6 +28,7 @@ from core.data.images import resize_rgb_float
 from core.evaluation import _load_batch
 from core.inference.detector import Detector
 from core.inference.mask_refinement import CANDIDATES, MaskRefinement, refined_mask, to_uint8_rgb
+from core.inference.result import Verdict
 from core.metrics import iou
 
 GRID = [MaskRefinement(gauss_sxy=g, bilateral_sxy=b, bilateral_srgb=c, bilateral_compat=k)
@@ -61,7 +63,10 @@ def main() -> int:
             raw.append(iou(result.mask, mask))
             rgb = to_uint8_rgb(resize_rgb_float(image, detector.input_size))
             for row, refinement in enumerate(settings):
-                ious[row, index] = iou(refined_mask(refinement, rgb, small_map, threshold, mask.shape), mask)
+                refined = refined_mask(refinement, rgb, small_map, threshold, mask.shape)
+                if result.verdict is Verdict.NG and not refined.any():
+                    refined = result.mask  # as the Detector does: an NG part keeps its raw mask rather than none
+                ious[row, index] = iou(refined, mask)
     kinds = np.array(types)
 
     def summary(values: np.ndarray) -> dict:

@@ -141,7 +141,7 @@ CANDIDATES: tuple[MaskRefinement, ...] = (
 MIN_GAIN = 0.01  # mIoU a candidate must add over the raw masks to be used: less is within the noise
 # What a trainer ships when it has no training masks to choose on (the cam family, SuperSimpleNet's weak regime): the
 # pseudo-mask CRF's settings, the best candidate on average over 3 seeds of each on mtd/train's masks, which neither
-# trainer reads (mIoU cam 0.209 -> 0.252, weak 0.057 -> 0.108; docs/results.md, "Masks snapped to edges at inference").
+# trainer reads (mIoU cam 0.209 -> 0.256, weak 0.057 -> 0.129; docs/results.md, "Masks snapped to edges at inference").
 WITHOUT_MASKS = CANDIDATES[1]
 
 
