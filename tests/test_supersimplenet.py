@@ -19,7 +19,7 @@ from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
 from core.training.holdout import calibration_folds
 from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, TrainingSet, _Scored,
-                                                  _settings, distance_weights, grid_targets, perturb, select_samples,
+                                                  _settings, _stage_spans, distance_weights, grid_targets, perturb, select_samples,
                                                   smooth_noise, training_step, unused_defects)
 
 GRID = (32, 32)
@@ -165,6 +165,28 @@ def test_auto_threads_drop_to_one_while_every_core_is_busy_now():
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
+
+
+def test_stage_spans_cover_the_run_in_order_and_follow_its_cost():
+    """The progress fraction of each stage: contiguous from 0 to 1 in the order the stages run, with the fit's share
+    growing with the epochs (full's 48 against weak's 8) and the copies' with their number."""
+    def check(spans, order):
+        assert list(spans) == order
+        ends = [start + share for start, share in spans.values()]
+        assert spans[order[0]][0] == 0.0 and ends[-1] == pytest.approx(1.0)
+        assert all(spans[b][0] == pytest.approx(end) for b, end in zip(order[1:], ends))
+        assert all(share > 0 for _, share in spans.values())
+
+    weak = _stage_spans(views=1878, images=939, epochs=8, copy_cost=1)
+    full = _stage_spans(views=1878, images=939, epochs=48, copy_cost=1)
+    three = _stage_spans(views=1878, images=939, epochs=8, copy_cost=2)
+    plain = _stage_spans(views=1878, images=939, epochs=8, copy_cost=0)
+    for spans in (weak, full, three):
+        check(spans, ["features", "calibrate", "train"])
+    check(plain, ["features", "train", "calibrate"])
+    assert 0.1 < weak["features"][1] < 0.2     # measured on mtd: 44 s of 296
+    assert full["features"][1] < weak["features"][1] / 4 and full["train"][1] > weak["train"][1]
+    assert three["calibrate"][1] > weak["calibrate"][1]
 
 
 def test_cpu_epochs_follow_the_regime_unless_given(tmp_path):

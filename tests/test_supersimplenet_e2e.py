@@ -41,6 +41,9 @@ def test_weak_training_separates_planted_defects(dataset, tmp_path):
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any(e.eta_s is not None and "loss" in e.metrics for e in events if e.stage == "train")
+    # time left is the whole run's: when encoding is done, calibration and training are still to come
+    encoded = [e for e in events if e.stage == "features" and e.eta_s is not None][-1]
+    assert encoded.fraction < 0.5 and encoded.eta_s > 0.0
 
     detector = Detector.load(path, device="cpu")
     meta = detector.package.meta

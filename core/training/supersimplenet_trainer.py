@@ -323,6 +323,30 @@ def training_step(network: SuperSimpleNet, features: torch.Tensor, targets: Grid
     return loss, {"loss": float(loss.detach()), "seg": float(seg_loss.detach()), "cls": float(cls_loss.detach())}
 
 
+# Cost model of a run for its progress fraction and time left, from a weak run on mtd (939 images x 2 views, 8 epochs,
+# 2 calibration folds, 2 threads, 2026-12-01): encoding 44 s (23 ms per view), the two copies with their scoring 148 s
+# (20 ms per image-epoch of the copies together), the shipped fit 104 s (14 ms per image-epoch). Only the ratios count.
+_SECONDS_PER_VIEW, _SECONDS_PER_COPY_IMAGE_EPOCH, _SECONDS_PER_IMAGE_EPOCH = 0.023, 0.020, 0.014
+
+
+def _stage_spans(views: int, images: int, epochs: int, copy_cost: int) -> dict[str, tuple[float, float]]:
+    """(start, share) of the whole run per stage, in the order they run, by the cost model above. ``copy_cost``:
+    K - 1 for K calibration copies (each fits (K-1)/K of the images, so together K - 1 fits), 0 without copies
+    (thresholds then come from the fitted images, a short last stage)."""
+    features, fit = views * _SECONDS_PER_VIEW, images * epochs * _SECONDS_PER_IMAGE_EPOCH
+    if copy_cost:
+        costs = [("features", features), ("calibrate", copy_cost * images * epochs * _SECONDS_PER_COPY_IMAGE_EPOCH),
+                 ("train", fit)]
+    else:
+        costs = [("features", features), ("train", fit), ("calibrate", 0.05 * (features + fit))]
+    total = max(sum(cost for _, cost in costs), 1e-9)
+    spans, start = {}, 0.0
+    for stage, cost in costs:
+        spans[stage] = (start / total, cost / total)
+        start += cost
+    return spans
+
+
 def _cpu_threads(requested: int) -> int:
     """Threads for CPU training. 0 = auto: all cores, but one when the machine is already busy: on a loaded
     2-core machine two OpenMP threads wait on each other and run ~4x slower than one (measured here:
@@ -561,25 +585,22 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         raise TrainingError(str(exc)) from exc
     size = (int(settings["input_size"][0]), int(settings["input_size"][1]))
 
-    # (start, share) of the whole run per stage, in the order they run (rough cost shares on a CPU)
-    # with K copies on (K-1)/K of the images each, the copies cost K-1 shipped fits (2 folds: one)
-    copy_cost = len(crossfit.folds) - 1
-    spans = ({"features": (0.0, 0.2), "calibrate": (0.2, 0.8 * copy_cost / (copy_cost + 1)),
-              "train": (0.2 + 0.8 * copy_cost / (copy_cost + 1), 0.8 / (copy_cost + 1))} if crossfit.used
-             else {"features": (0.0, 0.3), "train": (0.3, 0.65), "calibrate": (0.95, 0.05)})
+    spans = _stage_spans(len(training.samples) * len(settings["flips"]), len(training.samples),
+                         int(settings["epochs"]), len(crossfit.folds) - 1 if crossfit.used else 0)
     # defect masks to choose a refinement on (mixed, full; good images' empty masks say nothing about outlines)
     refining = bool(settings["refine_masks"]) and bool((np.asarray(training.use_mask) & (training.labels > 0)).any())
     refine_from = 0.97 if refining else 1.0
     spans = {stage: (start * refine_from, share * refine_from) for stage, (start, share) in spans.items()}
 
+    run_clock = EtaClock()  # time left of the whole run, not of the stage: what a person waiting needs
+
     def reporter(stage: str):
-        stage_clock = EtaClock()
         base, share = spans[stage]
 
         def report(fraction: float, message: str = "", metrics: dict | None = None) -> None:
-            eta = stage_clock.eta(fraction)
-            progress(ProgressEvent(stage=stage, fraction=min(refine_from, base + share * fraction),
-                                   message=message, eta_s=eta, metrics=metrics or {}))
+            overall = min(refine_from, base + share * fraction)
+            progress(ProgressEvent(stage=stage, fraction=overall, message=message, eta_s=run_clock.eta(overall),
+                                   metrics=metrics or {}))
         return report
 
     report_features = reporter("features")
