@@ -7,10 +7,11 @@ The grid that chose the first of core.inference.mask_refinement.CANDIDATES: Gaus
 {5, 10, 20} x bilateral srgb {3, 6, 12} x bilateral compat {3, 6, 10} (54 settings), each as MaskRefinement
 applies it at inference (at the network's input size, inside the box around the raw mask), on the split's first
 ``--limit`` defect images with masks (an NG image whose refined mask comes out empty keeps its raw mask, as in the
-Detector; until 2026-12-01 this script scored the empty mask, so its earlier figures are a little lower). Prints the raw mIoU, the best 10 settings and the worst 3, with per-type
-mIoU. With ``--candidates``: the trainers' CANDIDATES instead of the grid, each reported in their order (how the
-cam family's fixed refinement was chosen on mtd/train's masks, which its trainer never reads). Choose settings on
-the train split; reading the test split here is for diagnosis only.
+Detector; until 2026-12-01 this script scored the empty mask, so its earlier figures are a little lower). Prints the
+raw mIoU, the best 10 settings and the worst 3, with per-type mIoU. With ``--candidates``: the trainers'
+CANDIDATES instead of the grid, each reported in their order (how the fixed refinement of packages without training
+masks was chosen on mtd/train's masks, which their trainers never read). Choose settings on the train split;
+reading the test split here is for diagnosis only.
 """
 from __future__ import annotations
 

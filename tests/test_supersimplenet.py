@@ -19,8 +19,8 @@ from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
 from core.training.holdout import calibration_folds
 from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, TrainingSet, _Scored,
-                                                  _settings, _stage_spans, distance_weights, grid_targets, perturb, select_samples,
-                                                  smooth_noise, training_step, unused_defects)
+                                                  _settings, _stage_spans, distance_weights, grid_targets, perturb,
+                                                  select_samples, smooth_noise, training_step, unused_defects)
 
 GRID = (32, 32)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from core.data.dataset import Dataset
 from core.inference.calibration import CalibrationError, image_thresholds, pixel_threshold
 from core.inference.detector import resolve_device
-from core.inference.mask_refinement import MaskRefinement, fixed_choice_record
+from core.inference.mask_refinement import WITHOUT_MASKS, MaskRefinement, fixed_choice_record
 from core.inference.package import new_meta, save_package
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION, backbone_channels, build_backbone
@@ -132,7 +132,7 @@ class CamConfig:
 
     def mask_refinement(self) -> MaskRefinement | None:
         """The package's inference-time refinement: the pseudo-mask CRF's settings (None when refine_masks is off)."""
-        return MaskRefinement(**self.crf(), gauss_sxy=3.0, gauss_compat=3.0) if self.refine_masks else None
+        return replace(WITHOUT_MASKS, **self.crf()) if self.refine_masks else None
 
 
 # Share of the run each stage takes (for the overall fraction and ETA), from a CPU run on mtd (2 segmenter rounds).
