@@ -6,8 +6,9 @@ Usage:
 The grid that chose the first of core.inference.mask_refinement.CANDIDATES: Gaussian sxy {1, 3} x bilateral sxy
 {5, 10, 20} x bilateral srgb {3, 6, 12} x bilateral compat {3, 6, 10} (54 settings), each as MaskRefinement
 applies it at inference (at the network's input size, inside the box around the raw mask), on the split's first
-``--limit`` defect images with masks (an NG image whose refined mask comes out empty keeps its raw mask, as in the
-Detector; until 2026-12-01 this script scored the empty mask, so its earlier figures are a little lower). Prints the
+``--limit`` defect images with masks, drawn by the Detector's own post-processing (so an NG image whose refined mask
+comes out empty keeps its raw mask, as on the line; until 2026-12-01 this script scored the empty mask, so its
+earlier figures are a little lower). Prints the
 raw mIoU, the best 10 settings and the worst 3, with per-type mIoU. With ``--candidates``: the trainers'
 CANDIDATES instead of the grid, each reported in their order (how the fixed refinement of packages without training
 masks was chosen on mtd/train's masks, which their trainers never read). Choose settings on the train split;
@@ -25,11 +26,9 @@ import numpy as np
 import torch
 
 from core.data.dataset import open_dataset
-from core.data.images import resize_rgb_float
 from core.evaluation import _load_batch
 from core.inference.detector import Detector
-from core.inference.mask_refinement import CANDIDATES, MaskRefinement, refined_mask, to_uint8_rgb
-from core.inference.result import Verdict
+from core.inference.mask_refinement import CANDIDATES, MaskRefinement
 from core.metrics import iou
 
 GRID = [MaskRefinement(gauss_sxy=g, bilateral_sxy=b, bilateral_srgb=c, bilateral_compat=k)
@@ -48,7 +47,6 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     detector = Detector.load(args.model, device="cpu", refine_masks=False)
-    threshold = detector.thresholds.pixel
     samples = [s for s in open_dataset(args.dataset).split(args.split) if s.label and s.mask_path is not None]
     samples = samples[:args.limit]
     settings = list(CANDIDATES) if args.candidates else GRID
@@ -56,18 +54,17 @@ def main() -> int:
     for start in range(0, len(samples), 8):
         loaded = _load_batch(samples[start:start + 8])
         images = [image for image, _ in loaded]
-        scores, maps = detector.infer(images)
-        results = detector.postprocess(images, scores, maps)  # the raw masks (refine_masks=False)
-        for offset, ((image, mask), small_map, result) in enumerate(zip(loaded, maps, results)):
-            index = start + offset
-            types.append(samples[index].defect_type)
+        scores, maps = detector.infer(images)  # the network runs once; each setting only re-draws the masks
+        detector.mask_refinement = None
+        results = detector.postprocess(images, scores, maps)  # the raw masks
+        for offset, ((_, mask), result) in enumerate(zip(loaded, results)):
+            types.append(samples[start + offset].defect_type)
             raw.append(iou(result.mask, mask))
-            rgb = to_uint8_rgb(resize_rgb_float(image, detector.input_size))
-            for row, refinement in enumerate(settings):
-                refined = refined_mask(refinement, rgb, small_map, threshold, mask.shape)
-                if result.verdict is Verdict.NG and not refined.any():
-                    refined = result.mask  # as the Detector does: an NG part keeps its raw mask rather than none
-                ious[row, index] = iou(refined, mask)
+        for row, refinement in enumerate(settings):
+            detector.mask_refinement = refinement  # the masks exactly as the station would draw them with it
+            refined = detector.postprocess(images, scores, maps)
+            for offset, ((_, mask), result) in enumerate(zip(loaded, refined)):
+                ious[row, start + offset] = iou(result.mask, mask)
     kinds = np.array(types)
 
     def summary(values: np.ndarray) -> dict:
@@ -75,7 +72,8 @@ def main() -> int:
                 "by_type": {k: round(float(values[kinds == k].mean()), 3) for k in sorted(set(types))}}
 
     order = np.argsort(-ious.mean(axis=1))
-    report = {"model": str(args.model), "split": args.split, "images": len(samples), "pixel_threshold": threshold,
+    report = {"model": str(args.model), "split": args.split, "images": len(samples),
+              "pixel_threshold": detector.thresholds.pixel,
               "raw": summary(np.asarray(raw))}
     if args.candidates:
         report["candidates"] = [{"setting": c.to_dict(), **summary(ious[i])} for i, c in enumerate(settings)]
