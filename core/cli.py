@@ -85,15 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_out", help="also write the JSON report to this file")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-record", action="store_true", help="do not store the figures in the package's model.json")
-    p.add_argument("--raw-masks", action="store_true",
-                   help="masks without the package's mask refinement (dense CRF), to compare; not recorded")
+    _add_comparison_flags(p)
 
     p = sub.add_parser("predict", help="predict images or folders; prints one JSON line per image")
     p.add_argument("model")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--out", help="write <stem>_overlay.png and <stem>_mask.png here")
     p.add_argument("--device", default="auto")
-    p.add_argument("--raw-masks", action="store_true", help="without the package's mask refinement, to compare")
+    _add_comparison_flags(p)
 
     p = sub.add_parser("bench", help="inference latency and throughput of a model package; prints JSON")
     p.add_argument("model")
@@ -104,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="time this dataset's images instead of synthetic ones (decoding excluded)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="the dataset split to draw from")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
-    p.add_argument("--raw-masks", action="store_true", help="without the package's mask refinement, to compare")
+    _add_comparison_flags(p)
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", dest="json_out")
 
@@ -208,19 +207,34 @@ def _check_dataset(dataset, splits: tuple[str, ...] = ("train",)) -> None:
     check_dataset(dataset, splits=splits)
 
 
+def _add_comparison_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that switch off a part of the package's inference, to measure what it adds (evaluate, predict, bench)."""
+    parser.add_argument("--raw-masks", action="store_true",
+                        help="masks without the package's mask refinement (dense CRF), to compare; not recorded")
+    parser.add_argument("--single-view", action="store_true",
+                        help="the image alone, without averaging the package's mirror views (test_time_flips), "
+                             "to compare; not recorded")
+
+
+def _load_detector(args: argparse.Namespace, half: bool = False):
+    from core.inference.detector import Detector
+
+    return Detector.load(args.model, device=args.device, half=half, refine_masks=not args.raw_masks,
+                         flip_average=not args.single_view)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from core.data.dataset import open_dataset
     from core.evaluation import evaluate
-    from core.inference.detector import Detector
     from core.inference.package import FIGURE_KEYS, read_meta, write_meta
     from core.training.api import StderrProgress
 
-    detector = Detector.load(args.model, device=args.device, refine_masks=not args.raw_masks)
+    detector = _load_detector(args)
     dataset = open_dataset(args.dataset, require_test=args.split == "test")
     _check_dataset(dataset, splits=(args.split,))
     report = evaluate(detector, dataset, split=args.split, progress=StderrProgress())
     _print_json(report, args.json_out)
-    if not (args.no_record or args.raw_masks):  # the package's figures are those of its own masks
+    if not (args.no_record or args.raw_masks or args.single_view):  # the package's figures: its own masks and views
         meta = read_meta(args.model)
         figures = {k: report.get(k) for k in FIGURE_KEYS}
         meta.setdefault("evaluation", {})[f"{dataset.root.name}/{args.split}"] = {
@@ -237,7 +251,6 @@ def _predict(args: argparse.Namespace) -> int:
 
     from core.data.dataset import list_images
     from core.data.images import read_image
-    from core.inference.detector import Detector
     from core.inference.overlay import render_overlay
 
     paths: list[Path] = []
@@ -251,7 +264,7 @@ def _predict(args: argparse.Namespace) -> int:
             raise CliError(f"{path}: no such file or folder")
     if not paths:
         raise CliError("no images found in the given inputs")
-    detector = Detector.load(args.model, device=args.device, refine_masks=not args.raw_masks)
+    detector = _load_detector(args)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -272,11 +285,10 @@ def _bench(args: argparse.Namespace) -> int:
 
     from core.data.dataset import open_dataset
     from core.inference.bench import bench, dataset_images
-    from core.inference.detector import Detector
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    detector = Detector.load(args.model, device=args.device, half=args.half, refine_masks=not args.raw_masks)
+    detector = _load_detector(args, half=args.half)
     real = {}
     if args.dataset:
         images, labels = dataset_images(open_dataset(args.dataset, require_test=args.split == "test"), args.split,

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QGroupBox, QHBoxLay
                                QPlainTextEdit, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem,
                                QVBoxLayout, QWidget)
 
+from core.inference.flip_average import describe as describe_views
 from core.inference.mask_refinement import describe as describe_refinement
 from core.inference.package import package_figures
 from core.training.jobs import JobSpec, JobState, TrainingJob
@@ -180,9 +181,10 @@ class ModelPage(QWidget):
                 active = model
             if model.id == keep_id:
                 self.table.selectRow(row)
-        refined = describe_refinement(active.meta) if active is not None else ""
+        inference = ", ".join(part for part in (describe_refinement(active.meta), describe_views(active.meta))
+                              if part) if active is not None else ""
         self.active_label.setText(f"Active model: #{active.id} {active.name} ({active.family})"
-                                  + (f", {refined}" if refined else "") if active
+                                  + (f", {inference}" if inference else "") if active
                                   else "Active model: none — train one and promote it")
         self._fill_compare()
         self._update_buttons()

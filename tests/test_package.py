@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.inference.detector import Detector
+from core.inference.flip_average import describe as describe_views
 from core.inference.package import (FORMAT_VERSION, PackageError, load_package, new_meta, package_figures, read_meta,
                                     save_package)
 from core.inference.result import Thresholds
@@ -41,6 +42,29 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     assert not list(path.glob("*.tmp")), "temporary files left behind"
 
 
+def test_mirror_views_are_averaged_as_the_package_says(tmp_path):
+    """A package with test_time_flips ["none", "h"]: the map is the mean of the image's map and its mirror's map
+    flipped back, the score the mean of both scores; flip_average=False (--single-view) gives the image alone."""
+    path = _package(tmp_path)
+    meta = read_meta(path)
+    meta["test_time_flips"] = ["none", "h"]
+    (path / "model.json").write_text(json.dumps(meta))
+    image = (np.random.default_rng(2).random((32, 32)) * 255).astype(np.uint8)
+    single = Detector.load(path, device="cpu", flip_average=False)
+    assert single.flips == ("none",)
+    score, amap = single.infer([image])
+    mirror_score, mirror_map = single.infer([np.ascontiguousarray(image[:, ::-1])])
+    averaged = Detector.load(path, device="cpu")
+    assert averaged.flips == ("none", "h")
+    both_score, both_map = averaged.infer([image])
+    np.testing.assert_allclose(both_map[0], (amap[0] + mirror_map[0][:, ::-1]) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(both_score, (score + mirror_score) / 2, rtol=1e-5)
+    assert not np.allclose(both_map, amap)  # the baseline's per-pixel model is not mirror-symmetric: the views differ
+    # what the Models page says of it
+    assert describe_views(meta) == "maps averaged with mirror views (left-right)"
+    assert describe_views({**meta, "test_time_flips": ["none"]}) == describe_views({}) == ""
+
+
 def test_missing_directory_and_files(tmp_path):
     with pytest.raises(PackageError, match="does not exist"):
         load_package(tmp_path / "nope")
@@ -60,6 +84,10 @@ def test_missing_directory_and_files(tmp_path):
     (lambda m: m.update(input_size=[32]), "input_size must be"),
     (lambda m: m["thresholds"].update(ok=0.9, ng=0.1), "bad thresholds"),
     (lambda m: m["normalisation"].update(std=[0, 1, 1]), "normalisation must be"),
+    (lambda m: m.update(test_time_flips=["h"]), "test_time_flips must start with 'none'"),
+    (lambda m: m.update(test_time_flips=["none", "none"]), "name each flip once"),
+    (lambda m: m.update(test_time_flips=["none", "mirror"]), "unknown flips \\['mirror'\\]"),
+    (lambda m: m.update(test_time_flips="none"), "must be a non-empty list"),
 ])
 def test_bad_meta_is_rejected_naming_the_problem(tmp_path, edit, message):
     path = _package(tmp_path)

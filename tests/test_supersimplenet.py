@@ -147,6 +147,25 @@ def test_calibration_scores_the_unflipped_view_and_keeps_maps_only_where_masks_a
     assert scored.maps[1].shape == (16, 16) and scored.masks[1].all() and not scored.masks[2].any()
 
 
+def test_calibration_with_test_time_flips_averages_the_views_as_the_detector_will(tmp_path):
+    torch.manual_seed(0)
+    network = SuperSimpleNet(make_config("efficientnet_lite0"), pretrained=False).eval()
+    channels = sum(network.config["channels"])
+    features = torch.randn(4, channels, 4, 4).half()   # 2 samples x 2 views (none, h)
+    cache = FeatureCache(features=features, flips=("none", "h"), masks=[np.ones((16, 16), bool)] * 2)
+    part = TrainingSet([Sample(tmp_path / "d0.png", 1), Sample(tmp_path / "d1.png", 1)], [True, True], "full")
+    scored = _Scored(views=("none", "h"))
+    scored.add(network, cache, np.array([0, 1]), part, (16, 16), torch.device("cpu"))
+    with torch.inference_mode():
+        map_logits, logits = network.decide(network.adaptor(features.float()))
+        maps = network.anomaly_map(map_logits, (16, 16))[:, 0].numpy()
+    scores = torch.sigmoid(logits).numpy()
+    np.testing.assert_allclose(np.concatenate(scored.scores), (scores[0::2] + scores[1::2]) / 2, atol=1e-6)
+    for sample in (0, 1):  # the mirror view's map flipped back, then the mean
+        np.testing.assert_allclose(scored.maps[sample], (maps[2 * sample] + maps[2 * sample + 1][:, ::-1]) / 2,
+                                   atol=1e-6)
+
+
 def test_auto_threads_drop_to_one_while_every_core_is_busy_now():
     import os
     import subprocess
@@ -290,6 +309,8 @@ def test_settings_of_the_wrong_kind_or_range_are_refused_before_training(tmp_pat
                ({"calibration_folds": 2.0}, "'calibration_folds' cannot be 2.0"),
                ({"paper": 1}, "'paper' cannot be 1"),                             # true/false, not a number
                ({"flips": "h"}, "'flips' cannot be 'h'"),
+               ({"flips": ["h", "none"]}, "flips must start with 'none'"),   # the unflipped view is the image
+               ({"flips": ["none", "turn"]}, "unknown flips"),
                ({"seg_width": {"weak": 64}}, "'seg_width' cannot be")]           # network sizes: one for all regimes
     for extra, message in refused:
         with pytest.raises(TrainingError, match=message):

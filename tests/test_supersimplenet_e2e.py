@@ -65,6 +65,8 @@ def test_weak_training_separates_planted_defects(dataset, tmp_path):
     # weak: no defect masks to choose a mask refinement on, so the fixed one is shipped and the detector uses it
     assert meta["calibration"].pop("mask_refinement") == fixed_choice_record()
     assert meta["mask_refinement"] == WITHOUT_MASKS.to_dict() and detector.mask_refinement == WITHOUT_MASKS
+    # the trained views are averaged at inference, as the thresholds were set
+    assert meta["test_time_flips"] == ["none", "h"] and detector.flips == ("none", "h")
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,
                                    "refit": True, "note": ""}
 
@@ -97,8 +99,11 @@ def test_full_supervision_localises_defects(dataset, tmp_path):
 def test_holding_back_for_calibration_leaves_the_shipped_network_as_it_would_be(dataset, tmp_path):
     # one thread each: with "auto" a busy moment could give the runs different thread counts, and float sums differ
     held, _ = _train(dataset, tmp_path / "held", "weak", epochs=1, extra={"calibration_folds": 3, "threads": 1})
-    plain, _ = _train(dataset, tmp_path / "plain", "weak", epochs=1, extra={"calibration_folds": 0, "threads": 1})
+    plain, _ = _train(dataset, tmp_path / "plain", "weak", epochs=1,
+                      extra={"calibration_folds": 0, "threads": 1, "test_time_flips": False})
     held_package, plain_package = load_package(held), load_package(plain)
+    # averaging the mirror views at inference changes only how thresholds are set, never the fit
+    assert held_package.meta["test_time_flips"] == ["none", "h"] and plain_package.meta["test_time_flips"] == ["none"]
     assert held_package.meta["training"]["cpu_threads"] == plain_package.meta["training"]["cpu_threads"] == 1
     record = held_package.meta["calibration"]
     assert record["refit"] and (record["folds"], record["good"], record["defect"]) == (3, 32, 16)

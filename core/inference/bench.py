@@ -92,6 +92,7 @@ def bench(detector: Detector, *, batch: int = 8, image_size: tuple[int, int] = (
                        # a mask refinement costs only where the map finds something: medians by image kind
                        "p50_good": _median(lat[~defect]), "p50_defect": _median(lat[defect])},
         "mask_refinement": None if detector.mask_refinement is None else detector.mask_refinement.to_dict(),
+        "views": list(detector.flips),  # each view is one more image through the network
         "throughput": {"batch": batch, "images_per_s": batch * batch_iterations / elapsed,
                        "ms_per_image": elapsed * 1000.0 / (batch * batch_iterations)},
     }

@@ -1,7 +1,8 @@
 """Detector: a loaded model package that predicts Results for station images, on CPU or GPU.
 
 Family-agnostic: pre-processing (resize to the package's input size, grey -> RGB, normalise),
-batching, the family's network, and post-processing (map back to each image's size, mask, verdict). The mask is
+batching, the family's network (averaged over the package's mirror views, core.inference.flip_average), and
+post-processing (map back to each image's size, mask, verdict). The mask is
 the thresholded map, refined by a dense CRF where the package says so (core.inference.mask_refinement).
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from core.data.images import resize_rgb_float
+from core.inference.flip_average import FlipAveraged
 from core.inference.mask_refinement import refined_mask, to_uint8_rgb
 from core.inference.package import LoadedPackage, load_package
 from core.inference.result import Result, Thresholds, Verdict
@@ -39,11 +41,14 @@ class Detector:
     """
 
     def __init__(self, package: LoadedPackage, device: str = "auto", half: bool = False,
-                 thresholds: Thresholds | None = None, refine_masks: bool = True) -> None:
+                 thresholds: Thresholds | None = None, refine_masks: bool = True, flip_average: bool = True) -> None:
         self.package = package
         self.device = resolve_device(device)
         self.half = bool(half and self.device.type == "cuda")
-        self.network = package.network.to(self.device)
+        # the package's mirror views averaged (its thresholds were set that way); flip_average=False: the image alone
+        self.flips = package.test_time_flips if flip_average else ("none",)
+        network = package.network if len(self.flips) == 1 else FlipAveraged(package.network, self.flips)
+        self.network = network.to(self.device)
         if self.half:
             self.network = self.network.half()
         self.network.eval()
@@ -57,8 +62,9 @@ class Detector:
 
     @classmethod
     def load(cls, package_dir: str | Path, device: str = "auto", half: bool = False,
-             refine_masks: bool = True) -> "Detector":
-        return cls(load_package(package_dir), device=device, half=half, refine_masks=refine_masks)
+             refine_masks: bool = True, flip_average: bool = True) -> "Detector":
+        return cls(load_package(package_dir), device=device, half=half, refine_masks=refine_masks,
+                   flip_average=flip_average)
 
     @property
     def family(self) -> str:

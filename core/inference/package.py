@@ -16,6 +16,8 @@ model.json keys (all required unless marked optional):
     created          ISO-8601 time
     mask_refinement  optional: the dense-CRF settings that refine masks (core.inference.mask_refinement);
                      absent or null: masks are the thresholded map
+    test_time_flips  optional: the views the network's outputs are averaged over at inference, e.g. ["none", "h"]
+                     (core.inference.flip_average); absent: the image alone
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.data.flips import check_flips
 from core.inference.mask_refinement import MaskRefinement
 from core.inference.result import Thresholds
 from core.models.backbones import BackboneError
@@ -62,6 +65,11 @@ class LoadedPackage:
     def mask_refinement(self) -> MaskRefinement | None:
         data = self.meta.get("mask_refinement")
         return None if data is None else MaskRefinement.from_dict(data)
+
+    @property
+    def test_time_flips(self) -> tuple[str, ...]:
+        """The views averaged at inference; ("none",) (the image alone) for packages that name none."""
+        return tuple(self.meta.get("test_time_flips") or ("none",))
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -226,3 +234,8 @@ def _validate_meta(meta: object, *, source: str) -> None:
         if not 0.0 < meta["thresholds"]["pixel"] < 1.0:  # the refinement reads the map as a probability
             raise PackageError(f"{source}: a mask_refinement needs a pixel threshold in (0, 1), "
                                f"got {meta['thresholds']['pixel']}")
+    if meta.get("test_time_flips") is not None:
+        try:
+            check_flips(meta["test_time_flips"], what="test_time_flips")
+        except ValueError as exc:
+            raise PackageError(f"{source}: bad {exc}") from exc

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 
 from core.data.dataset import Sample
+from core.data.flips import FLIPS, flip
 from core.data.images import resize_rgb_float
-
-FLIPS = ("none", "h", "v", "hv")  # none, horizontal, vertical, both (= 180 degree rotation)
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int], normalisation: dict) -> np.ndarray:
@@ -30,16 +29,6 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """bool (H0, W0) -> bool (H, W): a pixel is defect when at least half of its area was."""
     height, width = size
     return cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA) >= 0.5
-
-
-def flip(array: np.ndarray | torch.Tensor, name: str):
-    """Flip the last two axes of ``array`` as ``name`` in FLIPS says."""
-    axes = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}[name]
-    if not axes:
-        return array
-    if isinstance(array, torch.Tensor):
-        return torch.flip(array, dims=axes)
-    return np.ascontiguousarray(np.flip(array, axis=axes))
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 
 from core.data.dataset import Dataset, Sample
+from core.data.flips import check_flips, flip
 from core.data.images import resize_rgb_float
 from core.inference.calibration import calibrate
 from core.inference.detector import resolve_device
@@ -39,7 +40,7 @@ from core.models.supersimplenet.torch_model import GaussianSmoothing
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, top_cells_loss
 from core.models.supersimplenet.perlin import perlin_masks
 from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions, check_setting_kinds
-from core.training.feature_cache import FeatureCache, build_feature_cache, flip
+from core.training.feature_cache import FeatureCache, build_feature_cache
 from core.training.holdout import CrossFit, calibration_folds, describe, random_state_kept
 
 # Training settings; any of them can be overridden through TrainOptions.extra (e.g. {"epochs_cpu": 20}).
@@ -90,6 +91,10 @@ DEFAULTS: dict = {
     # ships the fixed mask_refinement.WITHOUT_MASKS: test mIoU 0.054 -> 0.089, 3 seeds ("Masks snapped to edges
     # at inference"). Unsupervised ships raw masks.
     "refine_masks": True,
+    # Average the network's outputs over the trained views ("flips") at inference too, and set the thresholds on
+    # outputs averaged the same way (core.inference.flip_average; model.json "test_time_flips"). One more image
+    # through the network per view.
+    "test_time_flips": True,
 }
 _NETWORK_KEYS = ("feature_scale", "seg_width", "cls_channels", "cls_pool", "smooth_sigma")
 
@@ -425,8 +430,10 @@ def _settings(options: TrainOptions, device: torch.device) -> dict:
     settings["perlin_threshold"] = (settings["perlin_threshold_unsupervised"]
                                     if options.supervision in ("unsupervised", "weak")
                                     else settings["perlin_threshold_masks"])
-    if list(settings["flips"])[:1] != ["none"]:
-        raise TrainingError("the first of 'flips' must be 'none' (calibration uses the unflipped view)")
+    try:  # the unflipped view first: without test_time_flips, calibration and inference use it alone
+        settings["flips"] = list(check_flips(settings["flips"]))
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
     return settings
 
 
@@ -484,21 +491,28 @@ class _Scored:
     maps: list[np.ndarray | None] = field(default_factory=list)
     masks: list[np.ndarray | None] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)  # per image, to read it again for the mask refinement
+    views: tuple[str, ...] = ("none",)  # the cache's views averaged, as the package's Detector will average them
 
     @torch.inference_mode()
     def add(self, network: SuperSimpleNet, cache: FeatureCache, samples: np.ndarray, part: TrainingSet,
             size: tuple[int, int], device: torch.device, batch: int = 32) -> None:
-        """Score ``cache``'s samples ``samples`` (M,) (their unflipped view) with ``network``; ``part`` is the
-        TrainingSet of those M samples (labels, mask rule)."""
-        rows = torch.from_numpy(np.asarray(samples, np.int64)) * len(cache.flips)  # view 0 is unflipped (_settings)
-        for start in range(0, rows.numel(), batch):
-            features = cache.features[rows[start:start + batch]].to(device, torch.float32)
-            map_logits, score_logits = network.decide(network.adaptor(features))
-            self.scores.append(torch.sigmoid(score_logits).cpu().numpy())
+        """Score ``cache``'s samples ``samples`` (M,) with ``network``, their outputs averaged over ``views`` (each
+        map flipped back) as core.inference.flip_average does; ``part`` is the TrainingSet of those M samples
+        (labels, mask rule)."""
+        first_rows = torch.from_numpy(np.asarray(samples, np.int64)) * len(cache.flips)
+        for start in range(0, first_rows.numel(), batch):
             used = part.use_mask[start:start + batch]
+            scores, maps = 0.0, 0.0
+            for name in self.views:
+                rows = first_rows[start:start + batch] + cache.flips.index(name)
+                features = cache.features[rows].to(device, torch.float32)
+                map_logits, score_logits = network.decide(network.adaptor(features))
+                scores = scores + torch.sigmoid(score_logits) / len(self.views)
+                if any(used):
+                    maps = maps + flip(network.anomaly_map(map_logits, size)[:, 0], name) / len(self.views)
+            self.scores.append(scores.cpu().numpy())
             if any(used):
-                maps = network.anomaly_map(map_logits, size)[:, 0].cpu().numpy()
-                self.maps.extend(amap if use else None for amap, use in zip(maps, used))
+                self.maps.extend(amap if use else None for amap, use in zip(maps.cpu().numpy(), used))
             else:
                 self.maps.extend([None] * len(used))
         self.labels.append(part.labels.astype(int))
@@ -526,9 +540,9 @@ class _Scored:
 
 
 def _calibrate_fitted(network: SuperSimpleNet, cache: FeatureCache, training: TrainingSet, size: tuple[int, int],
-                      device: torch.device) -> _Scored:
+                      device: torch.device, views: tuple[str, ...]) -> _Scored:
     """Without calibration copies (too few images, or calibration_folds 0): the fitted images' own scores."""
-    scored = _Scored()
+    scored = _Scored(views=views)
     scored.add(network, cache, np.arange(cache.num_samples), training, size, device)
     return scored
 
@@ -536,7 +550,7 @@ def _calibrate_fitted(network: SuperSimpleNet, cache: FeatureCache, training: Tr
 def _calibrate_cross_fitted(network: SuperSimpleNet, cache: FeatureCache, targets: GridTargets,
                             training: TrainingSet, train_split: list[Sample], crossfit: CrossFit, settings: dict,
                             options: TrainOptions, device: torch.device, rng: np.random.Generator,
-                            size: tuple[int, int], report) -> _Scored:
+                            size: tuple[int, int], views: tuple[str, ...], report) -> _Scored:
     """Out-of-fold scores (core.training.holdout): per fold, a copy of the untrained ``network`` fitted without
     that fold scores it. Unsupervised: the train split's defect images, which no copy trains on, are shared out
     among the copies (image i to copy i mod K), so each of them too is scored by one copy. ``network`` and the
@@ -545,9 +559,9 @@ def _calibrate_cross_fitted(network: SuperSimpleNet, cache: FeatureCache, target
     unused_cache = None
     if unused.samples:
         report(0.0, f"encoding the {len(unused.samples)} defect images an unsupervised model never trains on")
-        unused_cache = build_feature_cache(unused.samples, network.encode, size, IMAGENET_NORMALISATION, ["none"],
+        unused_cache = build_feature_cache(unused.samples, network.encode, size, IMAGENET_NORMALISATION, views,
                                            device=device, check_cancel=options.check_cancel)  # encode() standardises
-    scored, count = _Scored(), len(crossfit.folds)
+    scored, count = _Scored(views=views), len(crossfit.folds)
     for k, fold in enumerate(crossfit.folds):
         copy = deepcopy(network)
         with random_state_kept(rng):
@@ -615,14 +629,15 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         network.set_feature_statistics(mean, std)
         cache.standardise(mean, network.feature_std.flatten().cpu())
     targets = build_targets(cache, training, int(settings["dilation"]))
+    views = cache.flips if settings["test_time_flips"] else ("none",)  # what the package's Detector will average
     report_calibrate = reporter("calibrate")
     if crossfit.used:
         scored = _calibrate_cross_fitted(network, cache, targets, training, dataset.train, crossfit, settings,
-                                         options, device, rng, size, report_calibrate)
+                                         options, device, rng, size, views, report_calibrate)
     fit = _fit(network, cache, targets, training, settings, options, device, rng, reporter("train"))
     if not crossfit.used:
         report_calibrate(0.0, f"calibrating thresholds on the training images ({crossfit.reason})")
-        scored = _calibrate_fitted(network, cache, training, size, device)
+        scored = _calibrate_fitted(network, cache, training, size, device, views)
     thresholds = scored.thresholds()
     refinement, refinement_record = None, {"note": "refine_masks is off" if not settings["refine_masks"]
                                            else "no training masks to choose a mask refinement on"}
@@ -640,6 +655,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     meta["calibration"]["mask_refinement"] = refinement_record
     if refinement is not None:
         meta["mask_refinement"] = refinement.to_dict()
+    meta["test_time_flips"] = list(views)
     # threads as resolved (settings say 0 for auto): float sums differ with the thread count, so two runs of one seed
     # give byte-identical weights only with the same number (a busy machine gets one thread; see _cpu_threads)
     meta["training"] = {**fit, "seed": options.seed, "device": device.type, "flips": list(cache.flips),
