@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.inference.detector import Detector
+from core.inference.detector import CPU_NETWORK_BATCH, Detector
 from core.inference.flip_average import describe as describe_views
 from core.inference.package import (FORMAT_VERSION, PackageError, load_package, new_meta, package_figures, read_meta,
                                     save_package)
@@ -63,6 +63,23 @@ def test_mirror_views_are_averaged_as_the_package_says(tmp_path):
     # what the Models page says of it
     assert describe_views(meta) == "maps averaged with mirror views (left-right)"
     assert describe_views({**meta, "test_time_flips": ["none"]}) == describe_views({}) == ""
+
+
+def test_a_large_batch_gives_what_its_images_give_one_at_a_time(tmp_path):
+    """On a CPU the Detector runs a batch in parts of CPU_NETWORK_BATCH views; the parts must join in order."""
+    path = _package(tmp_path)
+    meta = read_meta(path)
+    meta["test_time_flips"] = ["none", "h"]
+    (path / "model.json").write_text(json.dumps(meta))
+    rng = np.random.default_rng(3)
+    images = [(rng.random((32 + i, 30)) * 255).astype(np.uint8) for i in range(CPU_NETWORK_BATCH + 3)]
+    for detector in (Detector.load(path, device="cpu"), Detector.load(path, device="cpu", flip_average=False)):
+        scores, maps = detector.infer(images)
+        assert scores.shape == (len(images),) and maps.shape == (len(images), 32, 32)
+        for index, image in enumerate(images):
+            one_score, one_map = detector.infer([image])
+            np.testing.assert_allclose(scores[index], one_score[0], rtol=1e-6)
+            np.testing.assert_allclose(maps[index], one_map[0], rtol=1e-5, atol=1e-6)
 
 
 def test_missing_directory_and_files(tmp_path):

@@ -22,6 +22,11 @@ from core.inference.package import LoadedPackage, load_package
 from core.inference.result import Result, Thresholds, Verdict
 
 
+# Images per network call on a CPU, views included: on 2 cores a larger batch costs more per image (the backbone's
+# activations leave the cache; Lite0 at 256x256: 13.8 ms per image at 4, 22.3 at 8), so a batch is run in parts
+CPU_NETWORK_BATCH = 4
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """"auto" -> cuda when available, else cpu. "cuda" without a GPU is an error, said plainly."""
     if device == "auto":
@@ -48,7 +53,9 @@ class Detector:
         # the package's mirror views averaged (its thresholds were set that way); flip_average=False: the image alone
         self.flips = package.test_time_flips if flip_average else ("none",)
         network = package.network if len(self.flips) == 1 else FlipAveraged(package.network, self.flips)
-        self.network = network.to(self.device)
+        # channels-last (NHWC) memory: on a 2-core CPU the backbone ran 2.2x faster (EfficientNet-Lite0, 256x256,
+        # batch 1: 14.5 -> 6.4 ms), outputs equal to 1e-7; preprocess() hands the images over in that layout
+        self.network = network.to(self.device, memory_format=torch.channels_last)
         if self.half:
             self.network = self.network.half()
         self.network.eval()
@@ -75,12 +82,14 @@ class Detector:
         return self.package.path.name
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Station images -> (N, 3, H, W) float32 normalised tensor on the detector's device."""
+        """Station images -> (N, 3, H, W) float32 normalised tensor (channels-last memory) on the detector's device."""
         height, width = self.input_size
         batch = np.empty((len(images), height, width, 3), dtype=np.float32)
         for index, image in enumerate(images):
             batch[index] = (resize_rgb_float(image, (height, width)) - self._mean) / self._std
-        tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
+        # (N, H, W, 3) memory seen as (N, 3, H, W): already channels-last, so no copy
+        tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        tensor = tensor.to(self.device)
         return tensor.half() if self.half else tensor
 
     @torch.inference_mode()
@@ -88,7 +97,9 @@ class Detector:
         """Raw outputs at the network's input size: scores (N,) and maps (N, H, W), float32 numpy."""
         if len(images) == 0:
             return np.zeros(0, np.float32), np.zeros((0, *self.input_size), np.float32)
-        maps, scores = self.network(self.preprocess(images))
+        step = len(images) if self.device.type != "cpu" else max(1, CPU_NETWORK_BATCH // len(self.flips))
+        outputs = [self.network(self.preprocess(images[start:start + step])) for start in range(0, len(images), step)]
+        maps, scores = (torch.cat(part) for part in zip(*outputs))
         return (scores.float().cpu().numpy().reshape(-1),
                 maps.float().cpu().numpy().reshape(len(images), *self.input_size))
 

@@ -31,9 +31,11 @@ class FlipAveraged(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count = x.shape[0]
-        maps, scores = self.network(torch.cat([flip(x, name) for name in self.flips], dim=0))
-        views = [flip(maps[v * count:(v + 1) * count], name) for v, name in enumerate(self.flips)]
-        return torch.stack(views).mean(dim=0), scores.reshape(len(self.flips), count).mean(dim=0)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        views = torch.cat([flip(x, name) for name in self.flips], dim=0).contiguous(memory_format=layout)
+        maps, scores = self.network(views)
+        back = [flip(maps[v * count:(v + 1) * count], name) for v, name in enumerate(self.flips)]
+        return torch.stack(back).mean(dim=0), scores.reshape(len(self.flips), count).mean(dim=0)
 
 
 def describe(meta: dict) -> str:
