@@ -75,6 +75,7 @@ class ModelPage(QWidget):
         self.table.itemSelectionChanged.connect(self._update_buttons)
         self.active_label = QLabel("Active model: —")
         self.active_label.setObjectName("stat")
+        self.active_label.setWordWrap(True)  # how the package refines masks and averages views makes it long
 
         self.promote_button = QPushButton("Promote selected")
         self.promote_button.setObjectName("primary")
