@@ -22,8 +22,9 @@ from core.inference.package import LoadedPackage, load_package
 from core.inference.result import Result, Thresholds, Verdict
 
 
-# Images per network call on a CPU, views included: on 2 cores a larger batch costs more per image (the backbone's
-# activations leave the cache; Lite0 at 256x256: 13.8 ms per image at 4, 22.3 at 8), so a batch is run in parts
+# Images per network call on a CPU, views included: on 2 cores a large batch cost more per image than a small one
+# (the activations leave the cache), so a batch is run in parts. With channels-last as well, batch-8 throughput of a
+# one-view package went from about 31 to 17 ms per image in one bench sequence (docs/results.md, "Mirror views")
 CPU_NETWORK_BATCH = 4
 
 
@@ -53,8 +54,8 @@ class Detector:
         # the package's mirror views averaged (its thresholds were set that way); flip_average=False: the image alone
         self.flips = package.test_time_flips if flip_average else ("none",)
         network = package.network if len(self.flips) == 1 else FlipAveraged(package.network, self.flips)
-        # channels-last (NHWC) memory: on a 2-core CPU the backbone ran 2.2x faster (EfficientNet-Lite0, 256x256,
-        # batch 1: 14.5 -> 6.4 ms), outputs equal to 1e-7; preprocess() hands the images over in that layout
+        # channels-last (NHWC) memory: faster convolutions on a CPU, outputs equal to 1e-7 (a mirror-averaged full
+        # package's p50 fell from 56-63 to 47 ms on 2 cores); preprocess() hands the images over in that layout
         self.network = network.to(self.device, memory_format=torch.channels_last)
         if self.half:
             self.network = self.network.half()

@@ -20,7 +20,7 @@ from core.data.flips import check_flips, flip
 class FlipAveraged(nn.Module):
     """Wraps a family network ``(N, 3, H, W) -> (maps (N, 1, H, W) in 0..1, scores (N,) in 0..1)``.
 
-    forward runs all views in one batch of V*N images (one backbone call: cheaper than V calls on a CPU), flips
+    forward runs all views as one batch of V*N images (one network call), flips
     each view's map back, and returns the mean map and the mean score over the V views, same shapes as the
     wrapped network's.
     """
