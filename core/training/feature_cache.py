@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from core.data.dataset import Sample
-from core.data.flips import FLIPS, flip
+from core.data.flips import check_names, flip
 from core.data.images import resize_rgb_float
 
 
@@ -79,9 +79,7 @@ def build_feature_cache(samples: Sequence[Sample], encode: Callable[[torch.Tenso
                         check_cancel: Callable[[], None] | None = None) -> FeatureCache:
     """Encode every sample under every flip (one batch per sample holding its flips)."""
     flips = tuple(flips)
-    unknown = [f for f in flips if f not in FLIPS]
-    if unknown:
-        raise ValueError(f"unknown flips {unknown}; choose from {FLIPS}")
+    check_names(flips)
     features: torch.Tensor | None = None
     masks: list[np.ndarray | None] = []
     for index, sample in enumerate(samples):
