@@ -15,9 +15,8 @@ import json
 import numpy as np
 
 from core.data.dataset import open_dataset
-from core.data.images import resize_rgb_float
 from core.inference.detector import Detector
-from core.inference.mask_refinement import refined_mask, to_uint8_rgb
+from core.inference.mask_refinement import refined_mask
 from core.inference.result import Verdict
 from core.metrics import iou
 
@@ -41,8 +40,7 @@ def main(argv=None) -> int:
         scores, maps = raw_detector.infer([image])
         result = raw_detector.postprocess([image], scores, maps)[0]
         if result.mask.any():
-            rgb = to_uint8_rgb(resize_rgb_float(image, raw_detector.input_size))
-            refined = refined_mask(refinement, rgb, maps[0], threshold, image.shape[:2])
+            refined = refined_mask(refinement, image, maps[0], threshold, result.anomaly_map)
         else:
             refined = result.mask
         erased = bool(result.mask.any() and not refined.any())

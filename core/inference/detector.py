@@ -17,7 +17,7 @@ import torch
 
 from core.data.images import resize_rgb_float
 from core.inference.flip_average import FlipAveraged
-from core.inference.mask_refinement import refined_mask, to_uint8_rgb
+from core.inference.mask_refinement import refined_mask
 from core.inference.package import LoadedPackage, load_package
 from core.inference.result import Result, Thresholds, Verdict
 
@@ -130,8 +130,7 @@ class Detector:
         raw = full_map >= threshold
         if self.mask_refinement is None or not (small_map >= threshold).any():
             return raw
-        resized = to_uint8_rgb(resize_rgb_float(image, self.input_size))  # the network's view of the image
-        refined = refined_mask(self.mask_refinement, resized, small_map, threshold, image.shape[:2])
+        refined = refined_mask(self.mask_refinement, image, small_map, threshold, full_map)
         return raw if verdict is Verdict.NG and not refined.any() else refined
 
     def timed_predict(self, images: Sequence[np.ndarray]) -> tuple[list[Result], float]:

@@ -27,11 +27,9 @@ from scipy import ndimage
 
 from core.data.dataset import Dataset, Sample
 from core.data.flips import check_flips, flip
-from core.data.images import resize_rgb_float
 from core.inference.calibration import calibrate
 from core.inference.detector import resolve_device
-from core.inference.mask_refinement import (WITHOUT_MASKS, MaskRefinement, choose_refinement, fixed_choice_record,
-                                             to_uint8_rgb)
+from core.inference.mask_refinement import WITHOUT_MASKS, MaskRefinement, choose_refinement, fixed_choice_record
 from core.inference.package import new_meta, save_package
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
@@ -523,13 +521,13 @@ class _Scored:
     def thresholds(self) -> Thresholds:
         return calibrate(self.image_scores, self.image_labels, self.maps, self.masks)
 
-    def choose_mask_refinement(self, threshold: float, size: tuple[int, int]) -> tuple[MaskRefinement | None, dict]:
-        """core.inference.mask_refinement.choose_refinement on the scored defect images with known masks
-        (their images read again and resized to ``size``)."""
+    def choose_mask_refinement(self, threshold: float) -> tuple[MaskRefinement | None, dict]:
+        """core.inference.mask_refinement.choose_refinement on the scored defect images with known masks (images
+        and masks read again at their own size, where the Detector makes its masks and evaluate compares them)."""
         known = [i for i, (amap, mask) in enumerate(zip(self.maps, self.masks))
                  if amap is not None and mask is not None and mask.any()]
-        images = [to_uint8_rgb(resize_rgb_float(self.samples[i].load()[0], size)) for i in known]
-        return choose_refinement(images, [self.maps[i] for i in known], [self.masks[i] for i in known], threshold)
+        images, truths = zip(*(self.samples[i].load() for i in known)) if known else ((), ())
+        return choose_refinement(images, [self.maps[i] for i in known], truths, threshold)
 
     @property
     def image_scores(self) -> np.ndarray:
@@ -645,7 +643,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     if refining:
         progress(ProgressEvent(stage="refine", fraction=refine_from,
                                message="choosing the mask refinement on the defect images with masks"))
-        refinement, refinement_record = scored.choose_mask_refinement(thresholds.pixel, size)
+        refinement, refinement_record = scored.choose_mask_refinement(thresholds.pixel)
     elif settings["refine_masks"] and options.supervision == "weak":
         refinement, refinement_record = WITHOUT_MASKS, fixed_choice_record()
     meta = new_meta(family=FAMILY, backbone=options.backbone, config=config, input_size=size,
