@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import core.inference.mask_refinement as refinement_module
-from core.data.images import resize_rgb_float
+from core.data.images import to_rgb_float
 from core.data.synthetic import plant_defect, textured_surface
 from core.inference.detector import Detector
 from core.inference.mask_refinement import (CANDIDATES, WITHOUT_MASKS, MaskRefinement, centred_probability,
@@ -140,6 +140,12 @@ def test_at_the_image_size_the_refinement_still_snaps_to_the_outline():
         refined = refined_mask(MaskRefinement(resolution="image"), grey, small, 0.2)
         gains.append(iou(refined, mask) - iou(raw, mask))
     assert np.mean(gains) > 0.05 and sum(g > 0 for g in gains) >= 5, f"IoU gains {np.round(gains, 3)}"
+
+
+@pytest.mark.parametrize("shape, dtype", [((7, 9), np.uint8), ((7, 9, 3), np.uint8), ((7, 9), np.uint16)])
+def test_the_crf_s_colour_input_at_the_image_size_is_the_image_as_the_network_reads_it(shape, dtype):
+    image = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
+    np.testing.assert_array_equal(refinement_module._colour_u8(image), to_uint8_rgb(to_rgb_float(image)))
 
 
 def test_where_the_image_is_the_input_size_both_resolutions_give_the_same_mask():

@@ -233,6 +233,14 @@ def _resized(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(amap, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def _colour_u8(image: np.ndarray) -> np.ndarray:
+    """Station image (H, W) or (H, W, 3) -> (H, W, 3) uint8 RGB, the CRF's colour input. A uint8 image is only
+    repeated to three channels (the same values as through to_rgb_float, about 10x faster at 600x300)."""
+    if image.dtype != np.uint8:
+        return to_uint8_rgb(to_rgb_float(image))
+    return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2)) if image.ndim == 2 else image
+
+
 def refined_mask(refinement: MaskRefinement, image: np.ndarray, small_map: np.ndarray, threshold: float,
                  full_map: np.ndarray | None = None) -> np.ndarray:
     """The refined mask (H, W) bool of one station image ``image`` (H, W) or (H, W, 3), from its map at the
@@ -246,6 +254,6 @@ def refined_mask(refinement: MaskRefinement, image: np.ndarray, small_map: np.nd
         # on mtd/test it gave full seed 0 mIoU 0.476 against 0.469 with per-axis widths (0.466 at the input size)
         stretch = float(np.sqrt(size[0] * size[1] / (small_map.shape[0] * small_map.shape[1])))
         amap = _resized(small_map, size) if full_map is None else full_map
-        return refinement.posterior(to_uint8_rgb(to_rgb_float(image)), amap, threshold, stretch) >= 0.5
+        return refinement.posterior(_colour_u8(image), amap, threshold, stretch) >= 0.5
     posterior = refinement.posterior(to_uint8_rgb(resize_rgb_float(image, small_map.shape)), small_map, threshold)
     return _resized(posterior, size) >= 0.5
