@@ -14,8 +14,9 @@ model.json keys (all required unless marked optional):
                      `inspector evaluate`; package_figures() reads either
     software         {"inspector": str, "torch": str}
     created          ISO-8601 time
-    mask_refinement  optional: the dense-CRF settings that refine masks (core.inference.mask_refinement);
-                     absent or null: masks are the thresholded map
+    mask_refinement  optional: the dense-CRF settings that refine masks and the resolution they run at
+                     (core.inference.mask_refinement; no "resolution": "input"); absent or null: masks are the
+                     thresholded map
     test_time_flips  optional: the views the network's outputs are averaged over at inference, e.g. ["none", "h"]
                      (core.inference.flip_average); absent: the image alone
 """

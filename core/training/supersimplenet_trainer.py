@@ -83,9 +83,9 @@ DEFAULTS: dict = {
     # pass as OK: see core.training.holdout). The shipped network is fitted on all images either way. 2, not the
     # 3 of the cam family: with 3, weak training on mtd took 11 min 01 s on 2 cores (target: 10 minutes).
     "calibration_folds": 2,
-    # Choose a dense-CRF mask refinement (core.inference.mask_refinement) on the out-of-fold maps of the defect
-    # images with masks (mixed, full) and ship it when it beats the raw masks. Full on mtd, 3 seeds: test mIoU
-    # 0.332 +- 0.002 -> 0.399 +- 0.005 (docs/results.md, "Mask refinement"). Weak has no masks to choose on and
+    # Choose a dense-CRF mask refinement (core.inference.mask_refinement.CANDIDATES: at the input size or at the
+    # image's) on the out-of-fold maps of the defect images with masks (mixed, full) and ship it when it beats the
+    # raw masks. Full on mtd, 3 seeds: test mIoU 0.332 +- 0.002 -> 0.399 +- 0.005 (docs/results.md, "Mask refinement"). Weak has no masks to choose on and
     # ships the fixed mask_refinement.WITHOUT_MASKS: test mIoU 0.054 -> 0.089, 3 seeds ("Masks snapped to edges
     # at inference"). Unsupervised ships raw masks.
     "refine_masks": True,
