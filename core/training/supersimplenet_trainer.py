@@ -85,9 +85,9 @@ DEFAULTS: dict = {
     "calibration_folds": 2,
     # Choose a dense-CRF mask refinement (core.inference.mask_refinement.CANDIDATES: at the input size or at the
     # image's) on the out-of-fold maps of the defect images with masks (mixed, full) and ship it when it beats the
-    # raw masks. Full on mtd, 3 seeds: test mIoU 0.332 +- 0.002 -> 0.399 +- 0.005 (docs/results.md, "Mask refinement"). Weak has no masks to choose on and
-    # ships the fixed mask_refinement.WITHOUT_MASKS: test mIoU 0.054 -> 0.089, 3 seeds ("Masks snapped to edges
-    # at inference"). Unsupervised ships raw masks.
+    # raw masks. Full on mtd, 3 seeds: test mIoU 0.332 +- 0.002 -> 0.399 +- 0.005 (docs/results.md, "Mask
+    # refinement"). Weak has no masks to choose on and ships the fixed mask_refinement.WITHOUT_MASKS: test mIoU
+    # 0.054 -> 0.089, 3 seeds ("Masks snapped to edges at inference"). Unsupervised ships raw masks.
     "refine_masks": True,
     # Average the network's outputs over the trained views ("flips") at inference too, and set the thresholds on
     # outputs averaged the same way (core.inference.flip_average; model.json "test_time_flips"). One more image
