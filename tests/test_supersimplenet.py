@@ -188,7 +188,7 @@ def test_auto_threads_drop_to_one_while_every_core_is_busy_now():
 
 def test_stage_spans_cover_the_run_in_order_and_follow_its_cost():
     """The progress fraction of each stage: contiguous from 0 to 1 in the order the stages run, with the fit's share
-    growing with the epochs (full's 48 against weak's 8) and the copies' with their number."""
+    growing with the epochs (full's 96 against weak's 8) and the copies' with their number."""
     def check(spans, order):
         assert list(spans) == order
         ends = [start + share for start, share in spans.values()]
@@ -197,7 +197,7 @@ def test_stage_spans_cover_the_run_in_order_and_follow_its_cost():
         assert all(share > 0 for _, share in spans.values())
 
     weak = _stage_spans(views=1878, images=939, epochs=8, copy_cost=1)
-    full = _stage_spans(views=1878, images=939, epochs=48, copy_cost=1)
+    full = _stage_spans(views=1878, images=939, epochs=96, copy_cost=1)
     three = _stage_spans(views=1878, images=939, epochs=8, copy_cost=2)
     plain = _stage_spans(views=1878, images=939, epochs=8, copy_cost=0)
     for spans in (weak, full, three):
