@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 
 from core.data.images import resize_rgb_float
 from core.inference.flip_average import FlipAveraged
-from core.inference.mask_refinement import refined_mask
+from core.inference.mask_refinement import map_at_size, refined_mask
 from core.inference.package import LoadedPackage, load_package
 from core.inference.result import Result, Thresholds, Verdict
 
@@ -112,7 +111,7 @@ class Detector:
         size, the mask, the verdict."""
         results = []
         for image, score, small_map in zip(images, scores, maps):
-            full_map = cv2.resize(small_map, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            full_map = map_at_size(small_map, image.shape[:2])
             score = float(np.clip(score, 0.0, 1.0))
             verdict = self.thresholds.verdict(score)
             results.append(Result(score=score, anomaly_map=full_map.astype(np.float32, copy=False),
