@@ -229,6 +229,15 @@ def test_noise_std_follows_the_regime_unless_given_or_paper(tmp_path):
     assert _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"paper": True}), cpu)["noise_std"] == 0.015
 
 
+def test_pixel_threshold_scale_lowers_only_the_weak_threshold_unless_given(tmp_path):
+    cpu = torch.device("cpu")
+    scale = {regime: _settings(TrainOptions(out=tmp_path, supervision=regime), cpu)["pixel_threshold_scale"]
+             for regime in ("unsupervised", "weak", "mixed", "full")}
+    assert scale == {"unsupervised": 1.0, "weak": 0.85, "mixed": 1.0, "full": 1.0}
+    given = TrainOptions(out=tmp_path, supervision="weak", extra={"pixel_threshold_scale": 1})
+    assert _settings(given, cpu)["pixel_threshold_scale"] == 1.0
+
+
 def test_grid_targets_dilate_weight_and_keep_tiny_defects():
     mask = np.zeros((256, 256), bool)
     mask[100:102, 100:102] = True  # 4 pixels: far below half an 8x8 cell
@@ -302,6 +311,8 @@ def test_settings_of_the_wrong_kind_or_range_are_refused_before_training(tmp_pat
     for extra in accepted:
         _settings(TrainOptions(out=tmp_path, supervision="weak", extra=extra), cpu)
     refused = [({"noise_smoothing": -1}, "noise_smoothing must be between"),
+               ({"pixel_threshold_scale": 0}, "pixel_threshold_scale must be above 0"),
+               ({"pixel_threshold_scale": {"weak": 2.5}}, "pixel_threshold_scale must be above 0"),
                ({"unmasked_top_cells": 1.5}, "unmasked_top_cells must be a share"),
                ({"noise_std": "loud"}, "'noise_std' cannot be 'loud'"),
                ({"epochs_cpu": {"weak": 2.5}}, "'epochs_cpu' cannot be"),          # epochs are whole numbers

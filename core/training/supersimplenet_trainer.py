@@ -17,7 +17,7 @@ import math
 import os
 import time
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -91,6 +91,13 @@ DEFAULTS: dict = {
     # refinement"). Weak has no masks to choose on and ships the fixed mask_refinement.WITHOUT_MASKS: test mIoU
     # 0.054 -> 0.089, 3 seeds ("Masks snapped to edges at inference"). Unsupervised ships raw masks.
     "refine_masks": True,
+    # The calibrated pixel threshold times this, once or per regime. Weak has no masks to set it on: it is the 0.999
+    # quantile of the good images' out-of-fold maps, above which the map of mtd's defects hardly rises across their
+    # large, diffuse parts. 0.85 was chosen on mtd/train's masks, which the weak trainer never reads (3 seeds, masks
+    # refined as shipped): mIoU 0.158 / 0.118 / 0.154 -> 0.198 / 0.170 / 0.189, with 0.2 / 0.5 / 0 % of the 666 good
+    # training images given a mask (0.8 was as good, 0.75 gave 1-5 %; docs/results.md, "Weak regime: a lower pixel
+    # threshold"). The regimes with masks set it where it fits them best (F1) and keep it.
+    "pixel_threshold_scale": {"unsupervised": 1.0, "weak": 0.85, "mixed": 1.0, "full": 1.0},
     # Average the network's outputs over the trained views ("flips") at inference too, and set the thresholds on
     # outputs averaged the same way (core.inference.flip_average; model.json "test_time_flips"). One more image
     # through the network per view. On mtd, 3 seeds, same networks: full mIoU 0.444 -> 0.467 and pixel AP
@@ -424,6 +431,9 @@ def _settings(options: TrainOptions, device: torch.device) -> dict:
     settings["noise_smoothing"] = float(_regime_value(settings["noise_smoothing"], options.supervision))
     if not 0.0 <= float(settings["unmasked_top_cells"]) <= 1.0:
         raise TrainingError(f"unmasked_top_cells must be a share between 0 and 1, got {settings['unmasked_top_cells']}")
+    settings["pixel_threshold_scale"] = float(_regime_value(settings["pixel_threshold_scale"], options.supervision))
+    if not 0.0 < settings["pixel_threshold_scale"] <= 2.0:
+        raise TrainingError(f"pixel_threshold_scale must be above 0 and at most 2, got {settings['pixel_threshold_scale']}")
     if not 0.0 <= settings["noise_smoothing"] <= 8.0:
         raise TrainingError(f"noise_smoothing must be between 0 and 8 grid cells, got {settings['noise_smoothing']}")
     if settings["paper"] and "standardise" not in options.extra:
@@ -639,7 +649,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     if not crossfit.used:
         report_calibrate(0.0, f"calibrating thresholds on the training images ({crossfit.reason})")
         scored = _calibrate_fitted(network, cache, training, size, device, views)
-    thresholds = scored.thresholds()
+    calibrated = scored.thresholds()
+    thresholds = replace(calibrated, pixel=min(1.0, calibrated.pixel * settings["pixel_threshold_scale"]))
     refinement, refinement_record = None, {"note": "refine_masks is off" if not settings["refine_masks"]
                                            else "no training masks to choose a mask refinement on"}
     if refining:
@@ -653,6 +664,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
                     dataset=dataset.package_record(options.supervision))
     meta["calibration"] = describe(crossfit, scored.image_labels, settings["calibration_folds"], scored.image_scores,
                                    thresholds)
+    meta["calibration"]["pixel_threshold"] = {"calibrated": calibrated.pixel, "scale": settings["pixel_threshold_scale"]}
     meta["calibration"]["mask_refinement"] = refinement_record
     if refinement is not None:
         meta["mask_refinement"] = refinement.to_dict()
