@@ -18,7 +18,7 @@ from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_
 from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
 from core.training.holdout import calibration_folds
-from core.training.supersimplenet_trainer import (DEFAULTS, BalancedSampler, GridTargets, TrainingSet, _Scored,
+from core.training.supersimplenet_trainer import (DEFAULTS, WEAK_MAP_FROM, BalancedSampler, GridTargets, TrainingSet, _Scored,
                                                   _settings, _stage_spans, distance_weights, grid_targets, perturb,
                                                   select_samples, smooth_noise, training_step, unused_defects)
 
@@ -227,6 +227,18 @@ def test_noise_std_follows_the_regime_unless_given_or_paper(tmp_path):
     assert noise == DEFAULTS["noise_std"] and noise["weak"] > noise["full"]
     assert _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"noise_std": 0.1}), cpu)["noise_std"] == 0.1
     assert _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"paper": True}), cpu)["noise_std"] == 0.015
+
+
+def test_weak_maps_come_from_the_classification_head_unless_given(tmp_path):
+    cpu = torch.device("cpu")
+    source = {regime: _settings(TrainOptions(out=tmp_path, supervision=regime), cpu)["map_from"]
+              for regime in ("unsupervised", "weak", "mixed", "full")}
+    assert source == {"unsupervised": "segmentation", "weak": WEAK_MAP_FROM, "mixed": "segmentation",
+                      "full": "segmentation"} and WEAK_MAP_FROM != "segmentation"
+    given = TrainOptions(out=tmp_path, supervision="weak", extra={"map_from": "segmentation"})
+    assert _settings(given, cpu)["map_from"] == "segmentation"
+    with pytest.raises(TrainingError, match="map_from must be"):
+        _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"map_from": "heads"}), cpu)
 
 
 def test_pixel_threshold_scale_lowers_only_the_weak_threshold_unless_given(tmp_path):
@@ -438,6 +450,39 @@ def test_forward_contract_shapes_and_ranges():
     assert 0 <= float(maps.min()) and float(maps.max()) <= 1 and torch.all((scores >= 0) & (scores <= 1))
 
 
+def test_map_sources_combine_the_segmentation_map_and_the_classifier_activation_map():
+    torch.manual_seed(0)
+    nets = {source: SuperSimpleNet(make_config("efficientnet_lite0", seg_width=32, map_from=source), pretrained=False)
+            for source in ("segmentation", "classifier", "both")}
+    state = nets["segmentation"].state_dict()
+    for net in nets.values():
+        net.load_state_dict(state)
+        net.eval()
+    adapted = torch.randn(2, 152, 12, 8)
+    with torch.inference_mode():
+        outputs = {source: net.outputs(adapted, (96, 64)) for source, net in nets.items()}
+        head = nets["segmentation"].cls_head
+        map_logits = nets["segmentation"].seg_head(adapted)
+        activations = head.activations(adapted, map_logits)
+        cam = head.activation_map(activations)
+        # the activation map is the linear layer's read of the pooled activations, cell by cell: its mean over the
+        # cells equals that layer's mean-pool term, and the score it goes with is the head's own
+        hidden = activations.shape[1]
+        mean_term = (head.fc.weight[0, hidden:2 * hidden] * activations.mean(dim=(2, 3))).sum(dim=1)
+        max_weights = head.fc.weight[0, :hidden].view(1, -1, 1, 1)
+        assert torch.allclose(cam.mean(dim=(2, 3))[:, 0] - (activations * max_weights).sum(1).mean(dim=(1, 2)),
+                              mean_term, atol=1e-5)
+        assert torch.allclose(torch.sigmoid(head(adapted, map_logits)), outputs["segmentation"][1])
+    segmentation, score = outputs["segmentation"]
+    classifier = outputs["classifier"][0]
+    assert cam.shape == (2, 1, 6, 4) and segmentation.shape == classifier.shape == (2, 1, 96, 64)
+    assert torch.equal(segmentation, nets["segmentation"].anomaly_map(map_logits, (96, 64)))  # the papers' map
+    assert torch.allclose(classifier, nets["segmentation"].anomaly_map(cam, (96, 64)) * score.view(-1, 1, 1, 1))
+    assert torch.allclose(outputs["both"][0], torch.sqrt(segmentation * classifier))
+    assert all(torch.equal(score, other[1]) for other in outputs.values())  # the score does not depend on the map
+    assert 0 <= float(classifier.min()) and float(classifier.max()) <= 1
+
+
 def test_package_round_trip_gives_identical_outputs(tmp_path):
     path, net = _package(tmp_path)
     loaded = load_package(path)
@@ -471,6 +516,7 @@ def test_wrong_shapes_are_rejected(tmp_path):
     (lambda m: m.update(format_version=99), "newer"),
     (lambda m: m["config"].pop("seg_width"), "cannot build"),
     (lambda m: m.update(backbone="wide_resnet50_2"), "cannot build"),
+    (lambda m: m["config"].update(map_from="heads"), "cannot build.*map_from 'heads'"),
     (lambda m: [d.update(backbone="resnet18") for d in (m, m["config"])], "cannot build.*unknown backbone 'resnet18'"),
 ])
 def test_bad_meta_is_rejected_with_a_clear_message(tmp_path, edit, message):

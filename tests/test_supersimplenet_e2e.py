@@ -15,7 +15,7 @@ from core.inference.package import load_package
 from core.metrics import auroc
 from core.training.api import ProgressEvent, TrainingCancelled, TrainOptions, trainer_for
 from core.training.holdout import OUT_OF_FOLD
-from core.training.supersimplenet_trainer import DEFAULTS
+from core.training.supersimplenet_trainer import DEFAULTS, WEAK_MAP_FROM
 
 SIZE = 96  # small images and network input keep each training run to seconds on CI
 
@@ -73,6 +73,9 @@ def test_weak_training_separates_planted_defects(dataset, tmp_path):
     assert detector.thresholds.pixel == pytest.approx(pixel["calibrated"] * pixel["scale"])
     # the trained views are averaged at inference, as the thresholds were set
     assert meta["test_time_flips"] == ["none", "h"] and detector.flips == ("none", "h")
+    # weak: the map joins the classification head's activation map, which learnt from the defects' labels
+    assert meta["config"]["map_from"] == WEAK_MAP_FROM
+    assert _map_higher_on_the_defects(detector, dataset) >= 0.8
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,
                                    "refit": True, "note": ""}
 
@@ -94,15 +97,20 @@ def test_full_supervision_localises_defects(dataset, tmp_path):
     if chosen is not None:
         assert record["miou_candidates"][chosen] >= record["miou_raw"] + MIN_GAIN
         assert detector.mask_refinement == CANDIDATES[chosen]
-    inside, outside = [], []
+    assert detector.package.meta["config"]["map_from"] == "segmentation"  # the papers' map, trained on the masks
+    assert _map_higher_on_the_defects(detector, dataset) >= 0.8
+
+
+def _map_higher_on_the_defects(detector, dataset) -> float:
+    """Share of the test defects whose map is higher on the defect's pixels than elsewhere (on average)."""
+    higher = []
     for sample in dataset.test:
         if sample.label != 1:
             continue
         image, mask = sample.load()
         amap = detector.predict([image])[0].anomaly_map
-        inside.append(amap[mask].mean())
-        outside.append(amap[~mask].mean())
-    assert np.mean(np.array(inside) > np.array(outside)) >= 0.8  # the map is higher on the defect itself
+        higher.append(amap[mask].mean() > amap[~mask].mean())
+    return float(np.mean(higher))
 
 
 def test_holding_back_for_calibration_leaves_the_shipped_network_as_it_would_be(dataset, tmp_path):

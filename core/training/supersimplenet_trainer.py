@@ -34,7 +34,7 @@ from core.inference.package import new_meta, save_package
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.supersimplenet import CPU_CONFIG, FAMILY, SuperSimpleNet, make_config
-from core.models.supersimplenet.torch_model import GaussianSmoothing
+from core.models.supersimplenet.torch_model import MAP_SOURCES, GaussianSmoothing
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, top_cells_loss
 from core.models.supersimplenet.perlin import perlin_masks
 from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions, check_setting_kinds
@@ -97,6 +97,12 @@ DEFAULTS: dict = {
     # refined as shipped): mIoU 0.158 / 0.118 / 0.154 -> 0.198 / 0.170 / 0.189, with 0.2 / 0.5 / 0 % of the 666 good
     # training images given a mask (0.8 was as good, 0.75 gave 1-5 %; docs/results.md, "Weak regime: a lower pixel
     # threshold"). The regimes with masks set it where it fits them best (F1) and keep it.
+    # What the anomaly map is made of (core.models.supersimplenet.torch_model.MAP_SOURCES): "auto" is
+    # WEAK_MAP_FROM for weak and the papers' "segmentation" for the others. In the weak regime the segmentation
+    # head learns only from feature noise, while the classification head learns from the real defects' labels;
+    # its activation map (where it saw the defect) localises mtd's defects better (docs/results.md, "Weak regime:
+    # the classification head's activation map").
+    "map_from": "auto",
     "pixel_threshold_scale": {"unsupervised": 1.0, "weak": 0.85, "mixed": 1.0, "full": 1.0},
     # Average the network's outputs over the trained views ("flips") at inference too, and set the thresholds on
     # outputs averaged the same way (core.inference.flip_average; model.json "test_time_flips"). One more image
@@ -104,6 +110,7 @@ DEFAULTS: dict = {
     # 0.747 -> 0.774, weak pixel AP 0.145 -> 0.161 (docs/results.md, "Mirror views averaged at inference").
     "test_time_flips": True,
 }
+WEAK_MAP_FROM = "classifier"
 _NETWORK_KEYS = ("feature_scale", "seg_width", "cls_channels", "cls_pool", "smooth_sigma")
 
 
@@ -431,6 +438,10 @@ def _settings(options: TrainOptions, device: torch.device) -> dict:
     settings["noise_smoothing"] = float(_regime_value(settings["noise_smoothing"], options.supervision))
     if not 0.0 <= float(settings["unmasked_top_cells"]) <= 1.0:
         raise TrainingError(f"unmasked_top_cells must be a share between 0 and 1, got {settings['unmasked_top_cells']}")
+    if settings["map_from"] == "auto":
+        settings["map_from"] = WEAK_MAP_FROM if options.supervision == "weak" else "segmentation"
+    if settings["map_from"] not in MAP_SOURCES:
+        raise TrainingError(f"map_from must be 'auto' or one of {MAP_SOURCES}, got {settings['map_from']!r}")
     settings["pixel_threshold_scale"] = float(_regime_value(settings["pixel_threshold_scale"], options.supervision))
     if not 0.0 < settings["pixel_threshold_scale"] <= 2.0:
         raise TrainingError(f"pixel_threshold_scale must be above 0 and at most 2, got {settings['pixel_threshold_scale']}")
@@ -517,10 +528,10 @@ class _Scored:
             for name in self.views:
                 rows = first_rows[start:start + batch] + cache.flips.index(name)
                 features = cache.features[rows].to(device, torch.float32)
-                map_logits, score_logits = network.decide(network.adaptor(features))
-                scores = scores + torch.sigmoid(score_logits) / len(self.views)
+                view_maps, view_scores = network.outputs(network.adaptor(features), size)
+                scores = scores + view_scores / len(self.views)
                 if any(used):
-                    maps = maps + flip(network.anomaly_map(map_logits, size)[:, 0], name) / len(self.views)
+                    maps = maps + flip(view_maps[:, 0], name) / len(self.views)
             self.scores.append(scores.cpu().numpy())
             if any(used):
                 self.maps.extend(amap if use else None for amap, use in zip(maps.cpu().numpy(), used))
@@ -602,7 +613,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     if options.backbone == "wide_resnet50_2" and not options.backbone_weights:
         raise TrainingError("backbone wide_resnet50_2 needs --backbone-weights: a torchvision-format "
                             "wide_resnet50_2 state dict file (.safetensors or .pth)")
-    config = make_config(options.backbone, paper=bool(settings["paper"]),
+    config = make_config(options.backbone, paper=bool(settings["paper"]), map_from=settings["map_from"],
                          **{k: options.extra[k] for k in _NETWORK_KEYS if k in options.extra})
     try:
         network = SuperSimpleNet(config, pretrained=True, backbone_weights=options.backbone_weights).to(device)

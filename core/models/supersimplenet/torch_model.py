@@ -8,6 +8,8 @@ frozen backbone -> [stride-8, stride-16] features -> each bilinearly resized to 
 
 Inference (the registry contract): forward(x (N, 3, H, W) normalised) ->
     anomaly_map (N, 1, H, W): sigmoid of the map logits, bilinearly resized to H, W, Gaussian-smoothed (sigma 4)
+        (the papers'); with config "map_from" "classifier" or "both" the classification head's activation map
+        makes it or joins it (SuperSimpleNet.outputs), for regimes whose map never saw a real defect
     score (N,): sigmoid of the score logit.
 
 The CPU configuration (default) differs from the paper only in sizes, all in ``config``: grid at the stride-8
@@ -24,6 +26,8 @@ from torch import nn
 
 from core.models.backbones import backbone_channels, build_backbone
 
+# What the anomaly map is made of (SuperSimpleNet.outputs); packages without "map_from" read as "segmentation".
+MAP_SOURCES = ("segmentation", "classifier", "both")
 CPU_CONFIG: dict = {"feature_scale": 1, "seg_width": 256, "cls_channels": 128, "cls_pool": 2, "smooth_sigma": 4.0}
 PAPER_CONFIG: dict = {"feature_scale": 2, "seg_width": 1024, "cls_channels": 128, "cls_pool": 1, "smooth_sigma": 4.0}
 
@@ -73,14 +77,28 @@ class ClassificationHead(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(channels + 1, hidden, 5, padding=2), nn.BatchNorm2d(hidden), nn.ReLU())
         self.fc = nn.Linear(2 * hidden + 2, 1)
 
-    def forward(self, features: torch.Tensor, map_logits: torch.Tensor) -> torch.Tensor:
+    def activations(self, features: torch.Tensor, map_logits: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w), (N, 1, h, w) -> the 5x5 conv's activations (N, hidden, h / pool, w / pool) (ceil)."""
         x = torch.cat([features, map_logits], dim=1)
         if self.pool > 1:  # CPU configuration: the 5x5 conv is the costliest layer; run it at half the grid
             x = F.avg_pool2d(x, self.pool, ceil_mode=True)
-        x = self.conv(x)
-        pooled = torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3)),
+        return self.conv(x)
+
+    def score(self, activations: torch.Tensor, map_logits: torch.Tensor) -> torch.Tensor:
+        """activations (N, hidden, h', w'), map logits (N, 1, h, w) -> score logit (N,)."""
+        pooled = torch.cat([activations.amax(dim=(2, 3)), activations.mean(dim=(2, 3)),
                             map_logits.amax(dim=(2, 3)), map_logits.mean(dim=(2, 3))], dim=1)
         return self.fc(pooled).squeeze(1)
+
+    def activation_map(self, activations: torch.Tensor) -> torch.Tensor:
+        """activations (N, hidden, h', w') -> class activation map (N, 1, h', w') (Zhou et al., CVPR 2016): each
+        channel weighted by what the linear layer gives its max and its mean, i.e. where the head saw a defect."""
+        hidden = activations.shape[1]
+        weights = self.fc.weight[0, :hidden] + self.fc.weight[0, hidden:2 * hidden]
+        return (activations * weights.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+
+    def forward(self, features: torch.Tensor, map_logits: torch.Tensor) -> torch.Tensor:
+        return self.score(self.activations(features, map_logits), map_logits)
 
 
 class GaussianSmoothing(nn.Module):
@@ -115,6 +133,8 @@ class SuperSimpleNet(nn.Module):
         super().__init__()
         self.config = dict(config)
         channels = int(sum(config["channels"]))
+        if config.get("map_from", "segmentation") not in MAP_SOURCES:
+            raise ValueError(f"config map_from {config['map_from']!r} is not one of {MAP_SOURCES}")
         if tuple(config["channels"]) != tuple(backbone_channels(config["backbone"])):
             raise ValueError(f"config channels {config['channels']} do not match backbone {config['backbone']!r}")
         self.backbone = build_backbone(config["backbone"], pretrained=pretrained, weights_path=backbone_weights)
@@ -155,9 +175,26 @@ class SuperSimpleNet(nn.Module):
         maps = F.interpolate(torch.sigmoid(map_logits), size=size, mode="bilinear", align_corners=False)
         return self.smoothing(maps)
 
+    def outputs(self, adapted: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapted features (N, C, h, w) -> (anomaly map (N, 1, *size) in 0..1, score (N,) in 0..1), the map as
+        config["map_from"] says (MAP_SOURCES; absent: "segmentation", the papers' map):
+        segmentation: the segmentation head's map;
+        classifier: score * sigmoid(the classification head's activation map), resized and smoothed alike;
+        both: the geometric mean of the two."""
+        map_logits = self.seg_head(adapted)
+        activations = self.cls_head.activations(adapted, map_logits)
+        score = torch.sigmoid(self.cls_head.score(activations, map_logits))
+        source = self.config.get("map_from", "segmentation")
+        segmentation = self.anomaly_map(map_logits, size) if source != "classifier" else None
+        if source == "segmentation":
+            return segmentation, score
+        classifier = self.anomaly_map(self.cls_head.activation_map(activations), size) * score.view(-1, 1, 1, 1)
+        if source == "classifier":
+            return classifier, score
+        return torch.sqrt(segmentation * classifier), score
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        map_logits, score_logits = self.decide(self.adaptor(self.encode(x)))
-        return self.anomaly_map(map_logits, tuple(x.shape[-2:])), torch.sigmoid(score_logits)
+        return self.outputs(self.adaptor(self.encode(x)), tuple(x.shape[-2:]))
 
 
 def build(meta: dict) -> SuperSimpleNet:
