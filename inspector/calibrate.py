@@ -293,9 +293,8 @@ class CalibrateView(QWidget):
             previous = meta.get("calibration") or {}
             meta["calibration"] = {"source": "tagged images, on the Calibrate page", **tagged, "note": "",
                                    "review": review_shares(scores, labels, thresholds)}
-            for kept in ("pixel_threshold", "mask_refinement"):  # this page sets ok and ng only: how the trainer
-                if kept in previous:                               # set the pixel threshold and mask stays on record
-                    meta["calibration"][kept] = previous[kept]
+            if "mask_refinement" in previous:  # how the trainer chose it stays on record: this page keeps it
+                meta["calibration"]["mask_refinement"] = previous["mask_refinement"]
             write_meta(model.package_path, meta)
             db.update_model_meta(model.id, meta, user)
             return thresholds

@@ -18,9 +18,10 @@ from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_
 from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
 from core.training.holdout import calibration_folds
-from core.training.supersimplenet_trainer import (DEFAULTS, WEAK_MAP_FROM, BalancedSampler, GridTargets, TrainingSet, _Scored,
-                                                  _settings, _stage_spans, distance_weights, grid_targets, perturb,
-                                                  select_samples, smooth_noise, training_step, unused_defects)
+from core.training.supersimplenet_trainer import (DEFAULTS, WEAK_MAP_FROM, BalancedSampler, GridTargets,
+                                                  TrainingSet, _Scored, _settings, _stage_spans, distance_weights,
+                                                  grid_targets, perturb, select_samples, smooth_noise, training_step,
+                                                  unused_defects)
 
 GRID = (32, 32)
 
@@ -229,7 +230,7 @@ def test_noise_std_follows_the_regime_unless_given_or_paper(tmp_path):
     assert _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"paper": True}), cpu)["noise_std"] == 0.015
 
 
-def test_weak_maps_come_from_the_classification_head_unless_given(tmp_path):
+def test_weak_maps_join_the_classification_head_unless_given(tmp_path):
     cpu = torch.device("cpu")
     source = {regime: _settings(TrainOptions(out=tmp_path, supervision=regime), cpu)["map_from"]
               for regime in ("unsupervised", "weak", "mixed", "full")}
@@ -239,15 +240,6 @@ def test_weak_maps_come_from_the_classification_head_unless_given(tmp_path):
     assert _settings(given, cpu)["map_from"] == "segmentation"
     with pytest.raises(TrainingError, match="map_from must be"):
         _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"map_from": "heads"}), cpu)
-
-
-def test_pixel_threshold_scale_lowers_only_the_weak_threshold_unless_given(tmp_path):
-    cpu = torch.device("cpu")
-    scale = {regime: _settings(TrainOptions(out=tmp_path, supervision=regime), cpu)["pixel_threshold_scale"]
-             for regime in ("unsupervised", "weak", "mixed", "full")}
-    assert scale == {"unsupervised": 1.0, "weak": 0.85, "mixed": 1.0, "full": 1.0}
-    given = TrainOptions(out=tmp_path, supervision="weak", extra={"pixel_threshold_scale": 1})
-    assert _settings(given, cpu)["pixel_threshold_scale"] == 1.0
 
 
 def test_grid_targets_dilate_weight_and_keep_tiny_defects():
@@ -323,8 +315,6 @@ def test_settings_of_the_wrong_kind_or_range_are_refused_before_training(tmp_pat
     for extra in accepted:
         _settings(TrainOptions(out=tmp_path, supervision="weak", extra=extra), cpu)
     refused = [({"noise_smoothing": -1}, "noise_smoothing must be between"),
-               ({"pixel_threshold_scale": 0}, "pixel_threshold_scale must be above 0"),
-               ({"pixel_threshold_scale": {"weak": 2.5}}, "pixel_threshold_scale must be above 0"),
                ({"unmasked_top_cells": 1.5}, "unmasked_top_cells must be a share"),
                ({"noise_std": "loud"}, "'noise_std' cannot be 'loud'"),
                ({"epochs_cpu": {"weak": 2.5}}, "'epochs_cpu' cannot be"),          # epochs are whole numbers

@@ -15,7 +15,7 @@ from core.inference.package import load_package
 from core.metrics import auroc
 from core.training.api import ProgressEvent, TrainingCancelled, TrainOptions, trainer_for
 from core.training.holdout import OUT_OF_FOLD
-from core.training.supersimplenet_trainer import DEFAULTS, WEAK_MAP_FROM
+from core.training.supersimplenet_trainer import WEAK_MAP_FROM
 
 SIZE = 96  # small images and network input keep each training run to seconds on CI
 
@@ -66,11 +66,6 @@ def test_weak_training_separates_planted_defects(dataset, tmp_path):
     # weak: no defect masks to choose a mask refinement on, so the fixed one is shipped and the detector uses it
     assert meta["calibration"].pop("mask_refinement") == fixed_choice_record()
     assert meta["mask_refinement"] == WITHOUT_MASKS.to_dict() and detector.mask_refinement == WITHOUT_MASKS
-    # weak: the pixel threshold (the good images' 0.999 quantile, no masks to set it on) is shipped lowered
-    pixel = meta["calibration"].pop("pixel_threshold")
-    assert pixel["scale"] == DEFAULTS["pixel_threshold_scale"]["weak"] < 1.0
-    assert meta["thresholds"]["pixel"] == pytest.approx(pixel["calibrated"] * pixel["scale"])
-    assert detector.thresholds.pixel == pytest.approx(pixel["calibrated"] * pixel["scale"])
     # the trained views are averaged at inference, as the thresholds were set
     assert meta["test_time_flips"] == ["none", "h"] and detector.flips == ("none", "h")
     # weak: the map joins the classification head's activation map, which learnt from the defects' labels
@@ -87,9 +82,6 @@ def test_full_supervision_localises_defects(dataset, tmp_path):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     detector = Detector.load(path, device="cpu")
     # the mask refinement was chosen on the out-of-fold maps of all 16 training defects (each has a mask)
-    # the pixel threshold as calibrated on the masks (F1), not scaled
-    assert detector.package.meta["calibration"]["pixel_threshold"] == {"calibrated": detector.thresholds.pixel,
-                                                                       "scale": 1.0}
     record = detector.package.meta["calibration"]["mask_refinement"]
     assert record["images"] == 16 and len(record["miou_candidates"]) == len(CANDIDATES)
     chosen = record["chosen"]
@@ -139,8 +131,6 @@ def test_unsupervised_and_cancel(dataset, tmp_path):
     assert meta["training"]["images"] == 32
     review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
     assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
-    # unsupervised: the pixel threshold as calibrated
-    assert meta["calibration"].pop("pixel_threshold") == {"calibrated": meta["thresholds"]["pixel"], "scale": 1.0}
     # unsupervised: no defect masks, and no mask refinement is shipped
     assert meta["calibration"].pop("mask_refinement") == {"note": "no training masks to choose a mask refinement on"}
     assert "mask_refinement" not in meta
