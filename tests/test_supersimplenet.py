@@ -455,13 +455,11 @@ def test_map_sources_combine_the_segmentation_map_and_the_classifier_activation_
         map_logits = nets["segmentation"].seg_head(adapted)
         activations = head.activations(adapted, map_logits)
         cam = head.activation_map(activations)
-        # the activation map is the linear layer's read of the pooled activations, cell by cell: its mean over the
-        # cells equals that layer's mean-pool term, and the score it goes with is the head's own
+        # each cell's activations read with the weights the linear layer gives their max and their mean pool; the
+        # score it goes with is the head's own
         hidden = activations.shape[1]
-        mean_term = (head.fc.weight[0, hidden:2 * hidden] * activations.mean(dim=(2, 3))).sum(dim=1)
-        max_weights = head.fc.weight[0, :hidden].view(1, -1, 1, 1)
-        assert torch.allclose(cam.mean(dim=(2, 3))[:, 0] - (activations * max_weights).sum(1).mean(dim=(1, 2)),
-                              mean_term, atol=1e-5)
+        weights = head.fc.weight[0, :hidden] + head.fc.weight[0, hidden:2 * hidden]
+        assert torch.allclose(cam[:, 0], torch.einsum("nkhw,k->nhw", activations, weights), atol=1e-5)
         assert torch.allclose(torch.sigmoid(head(adapted, map_logits)), outputs["segmentation"][1])
     segmentation, score = outputs["segmentation"]
     classifier = outputs["classifier"][0]
