@@ -25,6 +25,7 @@ import torch
 from core.data.dataset import open_dataset
 from core.evaluation import _load_batch
 from core.inference.detector import Detector
+from core.inference.mask_refinement import map_at_size
 from core.metrics import iou, pixel_metrics
 from core.models.supersimplenet.torch_model import MAP_SOURCES
 
@@ -56,11 +57,11 @@ def measure(detector: Detector, good: list, defects: list) -> dict:
                                                       in zip(found, loaded["defect"])])), 4)
         clean = detector.postprocess(images["good"], scores["good"], maps["good"])
         figures["good_with_mask"][scale] = round(float(np.mean([r.mask.any() for r in clean])), 3)
-    detector.thresholds = replace(base, pixel=threshold)
-    full_maps = [r.anomaly_map for kind in ("good", "defect")
-                 for r in detector.postprocess(images[kind], scores[kind], maps[kind])]
-    truths = [np.zeros(image.shape[:2], bool) for image in images["good"]] + [t for _, t in loaded["defect"]]
     detector.thresholds = base
+    # the maps at each image's size as the Detector makes them (they do not depend on the threshold)
+    full_maps = [map_at_size(small, image.shape[:2]) for kind in ("good", "defect")
+                 for image, small in zip(images[kind], maps[kind])]
+    truths = [np.zeros(image.shape[:2], bool) for image in images["good"]] + [t for _, t in loaded["defect"]]
     metrics, _ = pixel_metrics(full_maps, truths)
     figures.update({k: round(metrics[k], 4) for k in ("pixel_ap", "pixel_auroc") if metrics.get(k) is not None})
     return figures
