@@ -1,15 +1,17 @@
-"""Each SuperSimpleNet map source (segmentation / classifier / both) of one package, measured on images it never fitted.
+"""Each map source (segmentation / classifier / both) of one weak package, measured on images it never fitted.
 
 Usage:
     .venv/bin/python benchmarks/weak_map_sources.py MODEL_DIR HELD_OUT_DATASET [--threads 1]
 
-MODEL_DIR: a package trained on HELD_OUT_DATASET's train split (e.g. a half made by
+MODEL_DIR: a SuperSimpleNet or cam package trained on HELD_OUT_DATASET's train split (e.g. a half made by
 benchmarks/make_heldout_halves.py); its test split is the held-out half. For each source in
-core.models.supersimplenet.torch_model.MAP_SOURCES the same network's map is made that way and:
+core.models.map_sources.MAP_SOURCES the same network's map is made that way and:
 the trainer's threshold rule without masks (the 0.999 quantile of good images' maps at the input size), applied to
 the held-out good images; the held-out defect images' mIoU with the masks the Detector makes (refined as the package
 says) at 0.7-1.25x that threshold; the share of held-out good images given a mask; pixel AP and AUROC over the
-held-out split. How weak packages' "both" was chosen (docs/results.md, "Weak regime: both heads' maps").
+held-out split. How weak packages' "both" was chosen (docs/results.md, "Weak regime: both heads' maps", and for the
+cam family "Map from both heads"; that family's trainer sets its threshold on pseudo masks instead, so compare its
+sources at the same scale).
 Prints one JSON object.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from core.evaluation import _load_batch
 from core.inference.detector import Detector
 from core.inference.mask_refinement import map_at_size
 from core.metrics import iou, pixel_metrics
-from core.models.supersimplenet.torch_model import MAP_SOURCES
+from core.models.map_sources import MAP_SOURCES
 
 SCALES = (0.7, 0.8, 0.85, 0.9, 1.0, 1.1, 1.25)
 GOOD_QUANTILE = 0.999  # core.inference.calibration.pixel_threshold without masks
@@ -75,8 +77,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     detector = Detector.load(args.model, device="cpu")
-    if detector.family != "supersimplenet":
-        parser.error(f"{args.model} is a {detector.family} package; map sources are SuperSimpleNet's")
+    if detector.family not in ("supersimplenet", "cam"):
+        parser.error(f"{args.model} is a {detector.family} package; map sources are SuperSimpleNet's and cam's")
     held_out = open_dataset(args.dataset).split("test")
     good = [s for s in held_out if s.label == 0]
     defects = [s for s in held_out if s.label == 1 and s.mask_path is not None]
@@ -85,7 +87,7 @@ def main() -> int:
     network = detector.package.network
     report = {"model": args.model, "dataset": args.dataset, "good": len(good), "defects": len(defects)}
     for source in MAP_SOURCES:
-        network.config["map_from"] = source  # read by SuperSimpleNet.outputs at every call
+        network.config["map_from"] = source  # read by the network's outputs() at every call
         report[source] = measure(detector, good, defects)
         print(json.dumps({source: report[source]}), file=sys.stderr, flush=True)
     print(json.dumps(report))

@@ -42,6 +42,7 @@ def test_train_package_load_predict(dataset, tmp_path):
                                                     "crf", "segmenter-1", "refine", "segmenter-2", "refine-3",
                                                     "segmenter-3", "calibrate"}
     assert meta["evaluation"]["train_seconds"] > 0
+    assert meta["config"]["network"]["map_from"] == "segmentation"  # the default: the decoder's map
     # two calibration copies of the classifier, each trained without half of each class, scored that half; the
     # OK/NG thresholds were set on all 44 out-of-fold scores before the shipped pipeline ran on all images
     review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
@@ -108,7 +109,8 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
                 ({"clm_weight": "high"}, "'clm_weight' cannot be 'high'"),   # a word where a number belongs
                 ({"background_within": [3]}, "'background_within' cannot be"),
                 ({"crf_iterations": 0}, "cam CRF settings: mask refinement iterations"),  # before any work
-                ({"refine_masks": "yes"}, "'refine_masks' cannot be 'yes'")]
+                ({"refine_masks": "yes"}, "'refine_masks' cannot be 'yes'"),
+                ({"map_from": "heads"}, "map_from must be one of")]
     for extra, message in refusals:
         with pytest.raises(TrainingError, match=message):
             train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra=extra), print)
@@ -117,15 +119,17 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
 @pytest.mark.timeout(120)
 def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
     """seg_rounds 1 stops after the first segmenter; 2 is the issue's pipeline (the default is 3). The first run
-    also turns the inference-time mask refinement off."""
+    also turns the inference-time mask refinement off, and makes its map from both heads (map_from)."""
     expected = {1: ["segmenter-1"], 2: ["segmenter-1", "refine", "segmenter-2"]}
     for rounds, stages in expected.items():
         events = []
         out = trainer_for("cam")(open_dataset(dataset), TrainOptions(
             out=tmp_path / f"rounds{rounds}", epochs=1,
-            extra={**FAST, "calibration_folds": 0, "seg_rounds": rounds, "refine_masks": rounds != 1}), events.append)
+            extra={**FAST, "calibration_folds": 0, "seg_rounds": rounds, "refine_masks": rounds != 1,
+                   "map_from": "both" if rounds == 1 else "segmentation"}), events.append)
         meta = read_meta(out)
         assert ("mask_refinement" in meta) == (rounds != 1)
+        assert meta["config"]["network"]["map_from"] == ("both" if rounds == 1 else "segmentation")
         seconds = meta["config"]["stage_seconds"]
         assert {name for name in seconds if name.startswith(("segmenter", "refine"))} == set(stages)
         ran = [e.stage for e in events if e.stage.startswith(("segmenter", "refine"))]

@@ -250,3 +250,58 @@ def test_segmenter_learns_the_planted_masks(trained):
     _, maps = predict_from_features(model, trained["test_feats"], trained["test_images"], NORM)
     ious = [((m >= 0.5) & t).sum() / max(1, ((m >= 0.5) | t).sum()) for m, t in zip(maps, trained["test_masks"])]
     assert np.mean(ious) > 0.4, f"mean IoU {np.mean(ious):.2f} on held-out planted defects"
+
+
+def test_map_sources_join_the_decoder_map_and_the_classifier_cam(trained):
+    """The package's map is the decoder's, score * sigmoid(the score head's CAM), or their geometric mean, as
+    config "map_from" says; the score is the same whichever map is made, and the rounds still see the decoder's."""
+    torch.manual_seed(1)
+    model = CamSegmenter(trained["backbone"], (40, 112), DEFAULT_CONFIG).eval()
+    model.score_head.load_state_dict(trained["head"].state_dict())
+    fused, x = trained["test_feats"][:4].float(), torch.randn(4, 3, *SIZE)
+    outputs = {}
+    with torch.inference_mode():
+        for source in ("segmentation", "classifier", "both"):
+            model.config["map_from"] = source
+            outputs[source] = model.outputs(fused, x)
+        seg_logits, image_logit = model.heads(fused, x)
+        _, cam = model.score_head(fused)
+    segmentation, score = outputs["segmentation"]
+    classifier = outputs["classifier"][0]
+    assert segmentation.shape == classifier.shape == (4, 1, *SIZE) and score.shape == (4,)
+    assert torch.equal(segmentation, torch.sigmoid(seg_logits))
+    assert torch.allclose(score, torch.sigmoid(image_logit))
+    upsampled = torch.nn.functional.interpolate(cam, size=SIZE, mode="bilinear", align_corners=False)
+    assert torch.allclose(classifier, torch.sigmoid(upsampled) * score.view(-1, 1, 1, 1))
+    assert torch.allclose(outputs["both"][0], torch.sqrt(segmentation * classifier))
+    assert all(torch.equal(score, other[1]) for other in outputs.values())
+    # the classifier's CAM peaks on the planted defects (test_cam_peaks_on_the_planted_defect), so its map does too
+    inside = [float(m[0][t].mean()) for m, t in zip(classifier, trained["test_masks"][:4])]
+    outside = [float(m[0][~t].mean()) for m, t in zip(classifier, trained["test_masks"][:4])]
+    assert np.mean(inside) > 2 * np.mean(outside), (inside, outside)
+    # what the trainer calibrates on is the package's map (here "both"); what its rounds refine is the decoder's
+    images = trained["test_images"][:4]
+    maps = {}
+    for source in ("segmentation", "classifier", "both"):
+        model.config["map_from"] = source
+        _, maps[source] = predict_from_features(model, fused, images, NORM, package_map=True)
+    _, decoder_maps = predict_from_features(model, fused, images, NORM)
+    assert np.array_equal(maps["segmentation"], decoder_maps)
+    assert np.allclose(maps["both"], np.sqrt(decoder_maps * maps["classifier"]), atol=1e-6)
+    assert not np.allclose(maps["both"], decoder_maps, atol=1e-3)
+
+
+def test_a_bad_map_source_is_refused(tmp_path):
+    from core.inference.package import PackageError, load_package, new_meta, save_package
+    from core.inference.result import Thresholds
+
+    with pytest.raises(ValueError, match="map_from 'heads'"):
+        CamSegmenter(build_backbone("efficientnet_lite0", pretrained=False), (40, 112), {"map_from": "heads"})
+    model = CamSegmenter(build_backbone("efficientnet_lite0", pretrained=False), (40, 112), DEFAULT_CONFIG)
+    meta = new_meta(family="cam", backbone="efficientnet_lite0", config={"network": {**DEFAULT_CONFIG,
+                                                                                    "map_from": "heads"}},
+                    input_size=(64, 64), normalisation=NORM, thresholds=Thresholds(0.3, 0.6, 0.5),
+                    dataset={"path": "x", "hash": "0", "supervision": "weak"})
+    path = save_package(tmp_path / "pkg", model, meta)
+    with pytest.raises(PackageError, match="cannot build.*map_from 'heads'"):
+        load_package(path)

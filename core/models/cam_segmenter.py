@@ -6,7 +6,9 @@ A frozen backbone (the station default, EfficientNet-Lite0) feeds two light head
 - ``CamHead`` (from the defect-focus classifier): the image score, as the top-k mean of its CAM.
 
 Registry contract: forward(x (N, 3, H, W) normalised) -> (anomaly_map (N, 1, H, W) defect
-probability at input size, score (N,) in 0..1).
+probability at input size, score (N,) in 0..1). The map is the decoder's, the classifier's CAM or both, as
+config "map_from" says (core.models.map_sources; absent: "segmentation", the decoder's: packages made before
+the setting read as that).
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from torch import nn
 
 from core.models.backbones import backbone_channels, build_backbone
 from core.models.cam_classifier import CamHead, fuse_taps, topk_pool
+from core.models.map_sources import joined_map, map_source
 from core.models.registry import register_family
 
-DEFAULT_CONFIG = {"decoder_channels": 32, "image_channels": 8, "head_hidden": 64, "topk_fraction": 0.02}
+DEFAULT_CONFIG = {"decoder_channels": 32, "image_channels": 8, "head_hidden": 64, "topk_fraction": 0.02,
+                  "map_from": "segmentation"}
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -54,6 +58,8 @@ class CamSegmenter(nn.Module):
     def __init__(self, backbone: nn.Module, channels: tuple[int, int], config: dict) -> None:
         super().__init__()
         cfg = {**DEFAULT_CONFIG, **config}
+        map_source(cfg)  # refuse a bad "map_from" now, not at the first image
+        self.config = cfg  # "map_from" is read at every call
         self.backbone = backbone
         self.decoder = SegDecoder(sum(channels), int(cfg["decoder_channels"]), int(cfg["image_channels"]))
         self.score_head = CamHead(sum(channels), int(cfg["head_hidden"]))
@@ -70,9 +76,22 @@ class CamSegmenter(nn.Module):
         _, cam = self.score_head(fused)
         return seg, topk_pool(cam, self.topk_fraction)
 
+    def outputs(self, fused: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From fused backbone taps (N, C, H/8, W/8) and the input x (N, 3, H, W): (defect map (N, 1, H, W) in 0..1
+        as config["map_from"] says, score (N,) in 0..1). The classifier's map is score * sigmoid(its CAM),
+        bilinearly upsampled from stride 8."""
+        seg = F.interpolate(self.decoder(fused, x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        _, cam = self.score_head(fused)
+        score = torch.sigmoid(topk_pool(cam, self.topk_fraction))
+
+        def classifier() -> torch.Tensor:
+            upsampled = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return torch.sigmoid(upsampled) * score.view(-1, 1, 1, 1)
+
+        return joined_map(map_source(self.config), lambda: torch.sigmoid(seg), classifier), score
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seg, logit = self.heads(fuse_taps(*self.backbone(x)), x)
-        return torch.sigmoid(seg), torch.sigmoid(logit)
+        return self.outputs(fuse_taps(*self.backbone(x)), x)
 
 
 def build(meta: dict) -> CamSegmenter:

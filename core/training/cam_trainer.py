@@ -43,6 +43,7 @@ from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION, backbone_channels, build_backbone
 from core.models.cam_classifier import CamHead, DefectFocusClassifier
 from core.models.cam_segmenter import DEFAULT_CONFIG, CamSegmenter
+from core.models.map_sources import MAP_SOURCES
 from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions, check_setting_kinds
 from core.training.cam.contrastive import Projection
 from core.training.cam.crf import IGNORE
@@ -101,6 +102,8 @@ class CamConfig:
     # was chosen on mtd/train's masks, which this trainer never reads (docs/results.md, "Masks snapped to edges at
     # inference": mIoU on mtd/test 0.189 -> 0.222, 3 seeds)
     refine_masks: bool = True
+    # what the package's map is made of (core.models.map_sources): the decoder's map, the classifier's CAM, or both
+    map_from: str = "segmentation"
     threads: int = 2
 
     @classmethod
@@ -113,6 +116,8 @@ class CamConfig:
             raise TrainingError(f"unknown cam training options {unknown}; known: {sorted(known)}")
         check_setting_kinds(extra, {f.name: f.default for f in fields(cls)}, "cam")
         config = cls(**extra)
+        if config.map_from not in MAP_SOURCES:
+            raise TrainingError(f"map_from must be one of {MAP_SOURCES}, got {config.map_from!r}")
         if not isinstance(config.seg_rounds, int) or config.seg_rounds < 1:
             raise TrainingError(f"seg_rounds must be a whole number of at least 1, got {config.seg_rounds!r}")
         try:  # the CRF settings also make the package's mask refinement: refuse what it would refuse, now
@@ -287,7 +292,7 @@ class _Pipeline:
                  device: torch.device, size: tuple[int, int], norm: dict) -> None:
         self.backbone, self.channels, self.cfg, self.options = backbone, channels, cfg, options
         self.device, self.size, self.norm = device, size, norm
-        self.network_config = {**DEFAULT_CONFIG, "topk_fraction": cfg.topk_fraction}
+        self.network_config = {**DEFAULT_CONFIG, "topk_fraction": cfg.topk_fraction, "map_from": cfg.map_from}
 
     def classifier(self, images: np.ndarray, feats: torch.Tensor, labels: np.ndarray, rng: np.random.Generator,
                    stages: "_Stages", keep: Path | None = None) -> tuple[CamHead, np.ndarray]:
@@ -402,8 +407,9 @@ class _Pipeline:
 def _calibrate(model: CamSegmenter, feats: torch.Tensor, images: np.ndarray, labels: np.ndarray,
                masks: np.ndarray, norm: dict, device: torch.device) -> tuple[Thresholds, np.ndarray]:
     """(Thresholds from the fitted images, their scores (N,)): OK/NG from the scores and labels; the pixel threshold
-    that best fits their pseudo masks over the non-ignored pixels (good images: all background)."""
-    scores, maps = predict_from_features(model, feats, images, norm, device=device)
+    on the package's map (config "map_from") that best fits their pseudo masks over the non-ignored pixels (good
+    images: all background)."""
+    scores, maps = predict_from_features(model, feats, images, norm, device=device, package_map=True)
     ok, ng = image_thresholds(scores, labels)
     valid = [m != IGNORE for m in masks]
     try:

@@ -34,7 +34,8 @@ from core.inference.package import new_meta, save_package
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.supersimplenet import CPU_CONFIG, FAMILY, SuperSimpleNet, make_config
-from core.models.supersimplenet.torch_model import MAP_SOURCES, GaussianSmoothing
+from core.models.map_sources import MAP_SOURCES
+from core.models.supersimplenet.torch_model import GaussianSmoothing
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, top_cells_loss
 from core.models.supersimplenet.perlin import perlin_masks
 from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions, check_setting_kinds

@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models.backbones import backbone_channels, build_backbone
+from core.models.map_sources import joined_map, map_source
 
-# What the anomaly map is made of (SuperSimpleNet.outputs); packages without "map_from" read as "segmentation".
-MAP_SOURCES = ("segmentation", "classifier", "both")
 CPU_CONFIG: dict = {"feature_scale": 1, "seg_width": 256, "cls_channels": 128, "cls_pool": 2, "smooth_sigma": 4.0}
 PAPER_CONFIG: dict = {"feature_scale": 2, "seg_width": 1024, "cls_channels": 128, "cls_pool": 1, "smooth_sigma": 4.0}
 
@@ -133,8 +132,7 @@ class SuperSimpleNet(nn.Module):
         super().__init__()
         self.config = dict(config)
         channels = int(sum(config["channels"]))
-        if config.get("map_from", "segmentation") not in MAP_SOURCES:
-            raise ValueError(f"config map_from {config['map_from']!r} is not one of {MAP_SOURCES}")
+        map_source(config)  # refuse a bad "map_from" now, not at the first image
         if tuple(config["channels"]) != tuple(backbone_channels(config["backbone"])):
             raise ValueError(f"config channels {config['channels']} do not match backbone {config['backbone']!r}")
         self.backbone = build_backbone(config["backbone"], pretrained=pretrained, weights_path=backbone_weights)
@@ -177,21 +175,18 @@ class SuperSimpleNet(nn.Module):
 
     def outputs(self, adapted: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapted features (N, C, h, w) -> (anomaly map (N, 1, *size) in 0..1, score (N,) in 0..1), the map as
-        config["map_from"] says (MAP_SOURCES; absent: "segmentation", the papers' map):
+        config["map_from"] says (core.models.map_sources; absent: "segmentation", the papers' map):
         segmentation: the segmentation head's map;
         classifier: score * sigmoid(the classification head's activation map), resized and smoothed alike;
         both: the geometric mean of the two."""
         map_logits = self.seg_head(adapted)
         activations = self.cls_head.activations(adapted, map_logits)
         score = torch.sigmoid(self.cls_head.score(activations, map_logits))
-        source = self.config.get("map_from", "segmentation")
-        segmentation = self.anomaly_map(map_logits, size) if source != "classifier" else None
-        if source == "segmentation":
-            return segmentation, score
-        classifier = self.anomaly_map(self.cls_head.activation_map(activations), size) * score.view(-1, 1, 1, 1)
-        if source == "classifier":
-            return classifier, score
-        return torch.sqrt(segmentation * classifier), score
+
+        def classifier() -> torch.Tensor:
+            return self.anomaly_map(self.cls_head.activation_map(activations), size) * score.view(-1, 1, 1, 1)
+
+        return joined_map(map_source(self.config), lambda: self.anomaly_map(map_logits, size), classifier), score
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.outputs(self.adaptor(self.encode(x)), tuple(x.shape[-2:]))

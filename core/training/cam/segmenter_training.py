@@ -75,14 +75,21 @@ def train_decoder(model: CamSegmenter, features: torch.Tensor, images: np.ndarra
 
 @torch.no_grad()
 def predict_from_features(model: CamSegmenter, features: torch.Tensor, images: np.ndarray,
-                          normalisation: dict, batch_size: int = 32, device: torch.device | str = "cpu"
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (N,), maps (N, H, W) float32 defect probabilities) without re-running the backbone."""
+                          normalisation: dict, batch_size: int = 32, device: torch.device | str = "cpu",
+                          package_map: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N,), maps (N, H, W) float32 in 0..1) without re-running the backbone. The maps are the decoder's
+    defect probabilities (what the rounds refine), or with ``package_map`` the map the package ships
+    (CamSegmenter.outputs: config "map_from")."""
     model.eval()
     scores, maps = [], []
     for start in range(0, len(images), batch_size):
         x = to_tensor(images[start:start + batch_size], normalisation).to(device)
-        seg, logit = model.heads(features[start:start + batch_size].to(device).float(), x)
-        scores.append(torch.sigmoid(logit).cpu().numpy())
-        maps.append(torch.sigmoid(seg)[:, 0].cpu().numpy())
+        fused = features[start:start + batch_size].to(device).float()
+        if package_map:
+            amap, score = model.outputs(fused, x)
+        else:
+            seg, logit = model.heads(fused, x)
+            amap, score = torch.sigmoid(seg), torch.sigmoid(logit)
+        scores.append(score.cpu().numpy())
+        maps.append(amap[:, 0].cpu().numpy())
     return np.concatenate(scores), np.concatenate(maps)
