@@ -34,6 +34,9 @@ DEFAULT_FOLDS = 3         # each copy is fitted on two thirds of each class (Sup
 MIN_HELD = 5              # fewer images of a class than this give no usable quantile
 # calibration["source"] of a cross-fitted package (the Calibrate page says "set on N good and M defect <source>")
 OUT_OF_FOLD = "training images, each scored by a calibration copy that never trained on it"
+# ... of an unsupervised package: the shipped network's own scores, which for its defect images are unseen ones
+OWN_UNSEEN_DEFECTS = ("training images, scored by the shipped network: the good ones it was fitted on, the defect ones "
+                      "it never trained on")
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,14 @@ def calibration_folds(labels: Sequence[int] | np.ndarray, folds: int = DEFAULT_F
 
 
 def describe(crossfit: CrossFit, calibration_labels: Sequence[int] | np.ndarray, folds: int,
-             scores: Sequence[float] | np.ndarray, thresholds: Thresholds) -> dict:
+             scores: Sequence[float] | np.ndarray, thresholds: Thresholds, source: str | None = None) -> dict:
     """The model package's record of where its thresholds came from: ``calibration_labels`` and ``scores`` (N,)
     are the labels and scores of the images they were set on. ``refit``: the shipped network was then fitted on
     all training images. ``review``: the share of those good and of those defect images sent to REVIEW
-    (core.inference.calibration.review_shares), shown on the Calibrate page."""
+    (core.inference.calibration.review_shares), shown on the Calibrate page. ``source``: says what scored them
+    where the default (OUT_OF_FOLD, or "training images" without folds) would not."""
     labels = np.asarray(calibration_labels).astype(np.int64).ravel()
-    return {"source": OUT_OF_FOLD if crossfit.used else "training images",
+    return {"source": source or (OUT_OF_FOLD if crossfit.used else "training images"),
             "folds": int(folds) if crossfit.used else 0, "good": int((labels == 0).sum()),
             "defect": int((labels != 0).sum()), "refit": crossfit.used, "note": crossfit.reason,
             "review": review_shares(np.asarray(scores), labels, thresholds)}
