@@ -13,12 +13,13 @@ from core.inference.package import PackageError, load_package, new_meta, save_pa
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.supersimplenet import SuperSimpleNet, make_config
+from core.models.supersimplenet.torch_model import top_share_mean
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, top_cells_loss, truncated_l1
 from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_noise
 from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
 from core.training.holdout import calibration_folds
-from core.training.supersimplenet_trainer import (DEFAULTS, WEAK_MAP_FROM, BalancedSampler, GridTargets,
+from core.training.supersimplenet_trainer import (DEFAULTS, UNSUPERVISED_SCORE_FROM, WEAK_MAP_FROM, BalancedSampler, GridTargets,
                                                   TrainingSet, _Scored, _settings, _stage_spans, distance_weights,
                                                   grid_targets, perturb, select_samples, smooth_noise, training_step,
                                                   unused_defects)
@@ -240,6 +241,21 @@ def test_weak_maps_join_the_classification_head_unless_given(tmp_path):
     assert _settings(given, cpu)["map_from"] == "segmentation"
     with pytest.raises(TrainingError, match="map_from must be"):
         _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"map_from": "heads"}), cpu)
+
+
+def test_unsupervised_scores_from_its_map_unless_given(tmp_path):
+    cpu = torch.device("cpu")
+    source = {regime: _settings(TrainOptions(out=tmp_path, supervision=regime), cpu)["score_from"]
+              for regime in ("unsupervised", "weak", "mixed", "full")}
+    assert source == {"unsupervised": UNSUPERVISED_SCORE_FROM, "weak": "classifier", "mixed": "classifier",
+                      "full": "classifier"} and UNSUPERVISED_SCORE_FROM == "map"
+    given = TrainOptions(out=tmp_path, supervision="unsupervised", extra={"score_from": "classifier"})
+    assert _settings(given, cpu)["score_from"] == "classifier"
+    for extra, message in (({"score_from": "max"}, "score_from must be"),
+                           ({"score_top_share": 0.0}, "score_top_share must be a share"),
+                           ({"score_top_share": 1.5}, "score_top_share must be a share")):
+        with pytest.raises(TrainingError, match=message):
+            _settings(TrainOptions(out=tmp_path, supervision="unsupervised", extra=extra), cpu)
 
 
 def test_grid_targets_dilate_weight_and_keep_tiny_defects():
@@ -471,6 +487,36 @@ def test_map_sources_combine_the_segmentation_map_and_the_classifier_activation_
     assert 0 <= float(classifier.min()) and float(classifier.max()) <= 1
 
 
+def test_the_score_from_the_map_is_its_top_share_mean_and_skips_the_classification_head():
+    torch.manual_seed(0)
+    config = make_config("efficientnet_lite0", seg_width=32)
+    papers = SuperSimpleNet(config, pretrained=False).eval()
+    from_map = SuperSimpleNet({**config, "score_from": "map", "score_top_share": 0.05}, pretrained=False).eval()
+    from_map.load_state_dict(papers.state_dict())
+    adapted = torch.randn(3, 152, 12, 8)
+    calls = []
+    from_map.cls_head.register_forward_hook(lambda *args: calls.append(1))
+    from_map.cls_head.conv.register_forward_hook(lambda *args: calls.append(1))
+    with torch.inference_mode():
+        paper_map, paper_score = papers.outputs(adapted, (96, 64))
+        amap, score = from_map.outputs(adapted, (96, 64))
+    assert torch.equal(amap, paper_map) and score.shape == (3,)       # the same map; only the score differs
+    top = amap.flatten(1).sort(dim=1, descending=True).values[:, :round(0.05 * 96 * 64)]
+    assert torch.allclose(score, top.mean(dim=1)) and not torch.allclose(score, paper_score)
+    assert calls == []   # with the segmentation map, the classification head is not needed at all
+    assert torch.equal(top_share_mean(torch.arange(10.0).view(1, 1, 2, 5), 0.2), torch.tensor([8.5]))
+    assert torch.equal(top_share_mean(torch.arange(10.0).view(1, 1, 2, 5), 1e-6), torch.tensor([9.0]))  # >= 1 px
+    both = SuperSimpleNet({**config, "score_from": "map", "map_from": "both"}, pretrained=False).eval()
+    both.load_state_dict(papers.state_dict())
+    with torch.inference_mode():
+        joint, joint_score = both.outputs(adapted, (96, 64))
+    assert torch.allclose(joint_score, top_share_mean(joint, 0.01))
+    for bad, message in (({"score_from": "max"}, "score_from 'max'"), ({"score_top_share": 0}, "score_top_share"),
+                         ({"score_top_share": True}, "score_top_share")):
+        with pytest.raises(ValueError, match=message):
+            SuperSimpleNet({**config, **bad}, pretrained=False)
+
+
 def test_package_round_trip_gives_identical_outputs(tmp_path):
     path, net = _package(tmp_path)
     loaded = load_package(path)
@@ -505,6 +551,7 @@ def test_wrong_shapes_are_rejected(tmp_path):
     (lambda m: m["config"].pop("seg_width"), "cannot build"),
     (lambda m: m.update(backbone="wide_resnet50_2"), "cannot build"),
     (lambda m: m["config"].update(map_from="heads"), "cannot build.*map_from 'heads'"),
+    (lambda m: m["config"].update(score_from="max"), "cannot build.*score_from 'max'"),
     (lambda m: [d.update(backbone="resnet18") for d in (m, m["config"])], "cannot build.*unknown backbone 'resnet18'"),
 ])
 def test_bad_meta_is_rejected_with_a_clear_message(tmp_path, edit, message):

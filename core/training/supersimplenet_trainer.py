@@ -36,7 +36,8 @@ from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.supersimplenet import CPU_CONFIG, FAMILY, SuperSimpleNet, make_config
 from core.models.map_sources import MAP_SOURCES
-from core.models.supersimplenet.torch_model import GaussianSmoothing
+from core.models.supersimplenet.torch_model import (DEFAULT_SCORE_TOP_SHARE, SCORE_SOURCES, GaussianSmoothing,
+                                                    score_source)
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, top_cells_loss
 from core.models.supersimplenet.perlin import perlin_masks
 from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, TrainOptions, check_setting_kinds
@@ -108,6 +109,12 @@ DEFAULTS: dict = {
     # segmentation map: its classification head learns only from noise, and its activation map ranked defect
     # pixels worse than the segmentation map on mtd/train.
     "map_from": "auto",
+    # What the image score is (core.models.supersimplenet.torch_model.SCORE_SOURCES): "auto" is UNSUPERVISED_SCORE_FROM
+    # for unsupervised and the papers' "classifier" for the others. The unsupervised classification head learns
+    # only to tell real features from noised ones, and on mtd the mean of the map's top 1 % of pixels ranked images
+    # better than its score (docs/results.md, "Unsupervised image score from the map"). score_top_share: that 1 %.
+    "score_from": "auto",
+    "score_top_share": DEFAULT_SCORE_TOP_SHARE,
     # Average the network's outputs over the trained views ("flips") at inference too, and set the thresholds on
     # outputs averaged the same way (core.inference.flip_average; model.json "test_time_flips"). One more image
     # through the network per view. On mtd, 3 seeds, same networks: full mIoU 0.444 -> 0.467 and pixel AP
@@ -115,6 +122,7 @@ DEFAULTS: dict = {
     "test_time_flips": True,
 }
 WEAK_MAP_FROM = "both"
+UNSUPERVISED_SCORE_FROM = "map"
 _NETWORK_KEYS = ("feature_scale", "seg_width", "cls_channels", "cls_pool", "smooth_sigma")
 
 
@@ -447,6 +455,14 @@ def _settings(options: TrainOptions, device: torch.device) -> dict:
         settings["map_from"] = WEAK_MAP_FROM if options.supervision == "weak" else "segmentation"
     if settings["map_from"] not in MAP_SOURCES:
         raise TrainingError(f"map_from must be 'auto' or one of {MAP_SOURCES}, got {settings['map_from']!r}")
+    if settings["score_from"] == "auto":
+        settings["score_from"] = UNSUPERVISED_SCORE_FROM if options.supervision == "unsupervised" else "classifier"
+    if settings["score_from"] not in SCORE_SOURCES:
+        raise TrainingError(f"score_from must be 'auto' or one of {SCORE_SOURCES}, got {settings['score_from']!r}")
+    try:  # the share as the network will check it
+        score_source({"score_from": settings["score_from"], "score_top_share": settings["score_top_share"]})
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
     if not 0.0 <= settings["noise_smoothing"] <= 8.0:
         raise TrainingError(f"noise_smoothing must be between 0 and 8 grid cells, got {settings['noise_smoothing']}")
     if settings["paper"] and "standardise" not in options.extra:
@@ -631,6 +647,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         raise TrainingError("backbone wide_resnet50_2 needs --backbone-weights: a torchvision-format "
                             "wide_resnet50_2 state dict file (.safetensors or .pth)")
     config = make_config(options.backbone, paper=bool(settings["paper"]), map_from=settings["map_from"],
+                         score_from=settings["score_from"], score_top_share=float(settings["score_top_share"]),
                          **{k: options.extra[k] for k in _NETWORK_KEYS if k in options.extra})
     try:
         network = SuperSimpleNet(config, pretrained=True, backbone_weights=options.backbone_weights).to(device)

@@ -10,7 +10,9 @@ Inference (the registry contract): forward(x (N, 3, H, W) normalised) ->
     anomaly_map (N, 1, H, W): sigmoid of the map logits, bilinearly resized to H, W, Gaussian-smoothed (sigma 4)
         (the papers'); with config "map_from" "classifier" or "both" the classification head's activation map
         makes it or joins it (SuperSimpleNet.outputs), for regimes whose map never saw a real defect
-    score (N,): sigmoid of the score logit.
+    score (N,): sigmoid of the score logit (the papers'); with config "score_from" "map", the mean of the highest
+        "score_top_share" (default 1 %) of the anomaly map's pixels, for the unsupervised regime, whose classifier
+        learns only from feature noise
 
 The CPU configuration (default) differs from the paper only in sizes, all in ``config``: grid at the stride-8
 size (paper: twice it), head width 256 (paper: 1024) and a 2x2 average pool before the classification
@@ -28,6 +30,9 @@ from core.models.backbones import backbone_channels, build_backbone
 from core.models.map_sources import joined_map, map_source
 
 CPU_CONFIG: dict = {"feature_scale": 1, "seg_width": 256, "cls_channels": 128, "cls_pool": 2, "smooth_sigma": 4.0}
+# What the image score is (SuperSimpleNet.outputs); packages without "score_from" read as "classifier".
+SCORE_SOURCES = ("classifier", "map")
+DEFAULT_SCORE_TOP_SHARE = 0.01
 PAPER_CONFIG: dict = {"feature_scale": 2, "seg_width": 1024, "cls_channels": 128, "cls_pool": 1, "smooth_sigma": 4.0}
 
 
@@ -132,7 +137,8 @@ class SuperSimpleNet(nn.Module):
         super().__init__()
         self.config = dict(config)
         channels = int(sum(config["channels"]))
-        map_source(config)  # refuse a bad "map_from" now, not at the first image
+        map_source(config)  # refuse a bad "map_from" or "score_from" now, not at the first image
+        score_source(config)
         if tuple(config["channels"]) != tuple(backbone_channels(config["backbone"])):
             raise ValueError(f"config channels {config['channels']} do not match backbone {config['backbone']!r}")
         self.backbone = build_backbone(config["backbone"], pretrained=pretrained, weights_path=backbone_weights)
@@ -178,18 +184,43 @@ class SuperSimpleNet(nn.Module):
         config["map_from"] says (core.models.map_sources; absent: "segmentation", the papers' map):
         segmentation: the segmentation head's map;
         classifier: score * sigmoid(the classification head's activation map), resized and smoothed alike;
-        both: the geometric mean of the two."""
+        both: the geometric mean of the two.
+        The score is the classification head's, or with config["score_from"] "map" the mean of the map's highest
+        config["score_top_share"] of pixels (then, with the segmentation map, the classification head is not run)."""
         map_logits = self.seg_head(adapted)
-        activations = self.cls_head.activations(adapted, map_logits)
-        score = torch.sigmoid(self.cls_head.score(activations, map_logits))
+        source, score_from = map_source(self.config), score_source(self.config)
+        score = None
+        if score_from == "classifier" or source != "segmentation":
+            activations = self.cls_head.activations(adapted, map_logits)
+            score = torch.sigmoid(self.cls_head.score(activations, map_logits))
 
         def classifier() -> torch.Tensor:
             return self.anomaly_map(self.cls_head.activation_map(activations), size) * score.view(-1, 1, 1, 1)
 
-        return joined_map(map_source(self.config), lambda: self.anomaly_map(map_logits, size), classifier), score
+        anomaly_map = joined_map(source, lambda: self.anomaly_map(map_logits, size), classifier)
+        if score_from == "map":
+            score = top_share_mean(anomaly_map, float(self.config.get("score_top_share", DEFAULT_SCORE_TOP_SHARE)))
+        return anomaly_map, score
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.outputs(self.adaptor(self.encode(x)), tuple(x.shape[-2:]))
+
+
+def score_source(config: dict) -> str:
+    """config["score_from"], "classifier" where absent; ValueError for an unknown source or a bad top share."""
+    source = config.get("score_from", "classifier")
+    if source not in SCORE_SOURCES:
+        raise ValueError(f"config score_from {source!r} is not one of {SCORE_SOURCES}")
+    share = config.get("score_top_share", DEFAULT_SCORE_TOP_SHARE)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share <= 1.0:
+        raise ValueError(f"config score_top_share must be a share above 0 and at most 1, got {share!r}")
+    return source
+
+
+def top_share_mean(maps: torch.Tensor, share: float) -> torch.Tensor:
+    """maps (N, 1, H, W) -> (N,): the mean of each map's highest ``share`` of pixels (at least one)."""
+    flat = maps.flatten(1)
+    return flat.topk(max(1, int(round(share * flat.shape[1]))), dim=1).values.mean(dim=1)
 
 
 def build(meta: dict) -> SuperSimpleNet:
