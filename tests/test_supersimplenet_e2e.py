@@ -14,7 +14,7 @@ from core.inference.mask_refinement import CANDIDATES, MIN_GAIN, WITHOUT_MASKS, 
 from core.inference.package import load_package
 from core.metrics import auroc
 from core.training.api import ProgressEvent, TrainingCancelled, TrainOptions, trainer_for
-from core.training.holdout import OUT_OF_FOLD, OWN_UNSEEN_DEFECTS
+from core.training.holdout import OUT_OF_FOLD, OUT_OF_FOLD_GOOD_UNSEEN_DEFECTS, OWN_UNSEEN_DEFECTS
 from core.training.supersimplenet_trainer import WEAK_MAP_FROM
 
 SIZE = 96  # small images and network input keep each training run to seconds on CI
@@ -124,29 +124,30 @@ def test_holding_back_for_calibration_leaves_the_shipped_network_as_it_would_be(
 
 def test_unsupervised_and_cancel(dataset, tmp_path):
     path, _ = _train(dataset, tmp_path / "unsup", "unsupervised", epochs=1)
-    package = load_package(path)
-    meta = package.meta
-    # no calibration copies: the shipped network, fitted on the 32 good images, scored them and the 16 defect images
-    # (which never train an unsupervised model), and the thresholds were set on those 48 scores
+    meta = load_package(path).meta
+    # two calibration copies, each fitted without half of the 32 good images, scored that half; the 16 defect images
+    # (which never train an unsupervised model) were scored by the shipped network, fitted on all 32 good images;
+    # the thresholds were set on those 48 scores
     assert meta["training"]["images"] == 32
     review = meta["calibration"].pop("review")  # shares of good / defect sent to REVIEW
     assert set(review) == {"good", "defect"} and all(0.0 <= v <= 1.0 for v in review.values())
     # unsupervised: no defect masks, and no mask refinement is shipped
     assert meta["calibration"].pop("mask_refinement") == {"note": "no training masks to choose a mask refinement on"}
     assert "mask_refinement" not in meta
-    assert meta["calibration"] == {"source": OWN_UNSEEN_DEFECTS, "folds": 0, "good": 32, "defect": 16,
-                                   "refit": False, "note": "calibration_folds is 0"}
+    assert meta["calibration"] == {"source": OUT_OF_FOLD_GOOD_UNSEEN_DEFECTS, "folds": 2, "good": 32, "defect": 16,
+                                   "refit": True, "note": ""}
     # so no training defect lies below the package's OK threshold when the package itself scores it (1 % of 16: none)
     detector = Detector.load(path, device="cpu")
     defects = [s.load()[0] for s in dataset.train if s.label == 1]
     scores = np.array([r.score for r in detector.predict(defects)])
     assert scores.size == 16 and scores.min() >= detector.thresholds.ok - 1e-6, (scores.min(), detector.thresholds)
-    # calibration copies stay available: each fitted without half of the good images, scored that half and half of
-    # the defect images (the unsupervised default until its packages took their own scores)
-    copies, _ = _train(dataset, tmp_path / "copies", "unsupervised", epochs=1, extra={"calibration_folds": 2})
-    record = load_package(copies).meta["calibration"]
+    # without copies the shipped network scores the good images too (those it was fitted on)
+    own, _ = _train(dataset, tmp_path / "own", "unsupervised", epochs=1, extra={"calibration_folds": 0})
+    record = load_package(own).meta["calibration"]
     assert (record["source"], record["folds"], record["good"], record["defect"], record["refit"]) == \
-        (OUT_OF_FOLD, 2, 32, 16, True)
+        (OWN_UNSEEN_DEFECTS, 0, 32, 16, False)
+    own_detector = Detector.load(own, device="cpu")
+    assert min(r.score for r in own_detector.predict(defects)) >= own_detector.thresholds.ok - 1e-6
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(TrainingCancelled):

@@ -37,6 +37,9 @@ OUT_OF_FOLD = "training images, each scored by a calibration copy that never tra
 # ... of an unsupervised package: the shipped network's own scores, which for its defect images are unseen ones
 OWN_UNSEEN_DEFECTS = ("training images, scored by the shipped network: the good ones it was fitted on, the defect ones "
                       "it never trained on")
+# ... of an unsupervised package with calibration copies
+OUT_OF_FOLD_GOOD_UNSEEN_DEFECTS = ("training images: the good ones each scored by a calibration copy that never "
+                                   "trained on it, the defect ones by the shipped network, which never trains on them")
 
 
 @dataclass(frozen=True)
