@@ -18,7 +18,7 @@ import math
 import os
 import time
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -564,6 +564,14 @@ class _Scored:
     def thresholds(self) -> Thresholds:
         return calibrate(self.image_scores, self.image_labels, self.maps, self.masks)
 
+    def extend(self, other: "_Scored") -> None:
+        """Append ``other``'s images (scored with the same views)."""
+        self.scores += other.scores
+        self.labels += other.labels
+        self.maps += other.maps
+        self.masks += other.masks
+        self.samples += other.samples
+
     def choose_mask_refinement(self, threshold: float) -> tuple[MaskRefinement | None, dict]:
         """core.inference.mask_refinement.choose_refinement on the scored defect images with known masks (images
         and masks read again at their own size, where the Detector makes its masks and evaluate compares them)."""
@@ -610,19 +618,21 @@ def _calibrate_cross_fitted(network: SuperSimpleNet, cache: FeatureCache, target
     return scored
 
 
-def _score_unused_defects(scored: _Scored, network: SuperSimpleNet, training: TrainingSet,
-                          train_split: list[Sample], options: TrainOptions, size: tuple[int, int],
-                          device: torch.device, views: tuple[str, ...], report) -> None:
-    """Unsupervised: add the shipped network's scores (and maps) of the train split's defect images to ``scored``.
-    It never trains on them, so they are what a new defect gets; calibration copies' scores of them did not carry
-    over to the shipped network (DEFAULTS["calibration_folds"]). Nothing in the other regimes."""
+def _score_unused_defects(network: SuperSimpleNet, training: TrainingSet, train_split: list[Sample],
+                          options: TrainOptions, size: tuple[int, int], device: torch.device,
+                          views: tuple[str, ...], report) -> _Scored | None:
+    """Unsupervised: the shipped network's scores (and maps) of the train split's defect images, None in the other
+    regimes. It never trains on them, so they are what a new defect gets; calibration copies' scores of them did
+    not carry over to the shipped network (DEFAULTS["calibration_folds"])."""
     unused = unused_defects(training, train_split)
     if not unused.samples:
-        return
+        return None
     report(0.0, f"encoding the {len(unused.samples)} defect images an unsupervised model never trains on")
     unused_cache = build_feature_cache(unused.samples, network.encode, size, IMAGENET_NORMALISATION, views,
                                        device=device, check_cancel=options.check_cancel)  # encode() standardises
+    scored = _Scored(views=views)
     scored.add(network, unused_cache, np.arange(len(unused.samples)), unused, size, device)
+    return scored
 
 
 def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
@@ -693,8 +703,17 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     if not crossfit.used:
         report_calibrate(0.0, f"calibrating thresholds on the training images ({crossfit.reason})")
         scored = _calibrate_fitted(network, cache, training, size, device, views)
-    _score_unused_defects(scored, network, training, dataset.train, options, size, device, views, report_after_fit)
+    unseen = _score_unused_defects(network, training, dataset.train, options, size, device, views, report_after_fit)
+    if unseen is not None:
+        scored.extend(unseen)
     thresholds = scored.thresholds()
+    if unseen is not None and crossfit.used:
+        # The pixel threshold on one network's maps: the copies' maps of the good images and the shipped network's
+        # of the defects are on different scales, and together they set it so low (0.08-0.10 on mtd) that masks
+        # covered whole tiles (docs/results.md, "Unsupervised thresholds: ...").
+        own = _calibrate_fitted(network, cache, training, size, device, views)
+        own.extend(unseen)
+        thresholds = replace(thresholds, pixel=own.thresholds().pixel)
     refinement, refinement_record = None, {"note": "refine_masks is off" if not settings["refine_masks"]
                                            else "no training masks to choose a mask refinement on"}
     if refining:
