@@ -1,4 +1,4 @@
-"""Verdicts of one package's network on a split under other packages' OK/NG thresholds (same network, other calibration).
+"""Verdicts of one package's network on a split under other packages' OK/NG thresholds (same network).
 
 Usage:
     .venv/bin/python benchmarks/verdicts_by_thresholds.py MODEL_DIR DATASET OTHER_MODEL_DIR [...] [--split test]

@@ -19,10 +19,10 @@ from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_
 from core.training.api import TrainingError, TrainOptions
 from core.training.feature_cache import FeatureCache
 from core.training.holdout import calibration_folds
-from core.training.supersimplenet_trainer import (DEFAULTS, UNSUPERVISED_SCORE_FROM, WEAK_MAP_FROM, BalancedSampler, GridTargets,
-                                                  TrainingSet, _Scored, _settings, _stage_spans, distance_weights,
-                                                  grid_targets, perturb, select_samples, smooth_noise, training_step,
-                                                  unused_defects)
+from core.training.supersimplenet_trainer import (DEFAULTS, UNSUPERVISED_SCORE_FROM, WEAK_MAP_FROM, BalancedSampler,
+                                                  GridTargets, TrainingSet, _Scored, _settings, _stage_spans,
+                                                  distance_weights, grid_targets, perturb, select_samples,
+                                                  smooth_noise, training_step, unused_defects)
 
 GRID = (32, 32)
 
