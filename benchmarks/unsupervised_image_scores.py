@@ -54,9 +54,10 @@ def main() -> int:
         maps_t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
         scores["classifier"].extend(head.tolist())
         scores["map_max"].extend(maps_t.flatten(1).max(dim=1).values.tolist())
-        for share in SHARES:
-            scores[f"map_top{share * 100:g}pct"].extend(top_share_mean(maps_t, share).tolist())
-        scores["geo_classifier_top1pct"].extend(np.sqrt(head * top_share_mean(maps_t, 0.01).numpy()).tolist())
+        tops = {share: top_share_mean(maps_t, share).numpy() for share in SHARES}
+        for share, values in tops.items():
+            scores[f"map_top{share * 100:g}pct"].extend(values.tolist())
+        scores["geo_classifier_top1pct"].extend(np.sqrt(head * tops[0.01]).tolist())
     report = {"model": args.model, "dataset": args.dataset, "split": args.split, "good": int((labels == 0).sum()),
               "defect": int((labels == 1).sum())}
     for name, values in scores.items():

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from copy import deepcopy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -561,8 +561,10 @@ class _Scored:
         self.masks.extend(cache.masks[i] if use else None for i, use in zip(samples, part.use_mask))
         self.samples.extend(part.samples)
 
-    def thresholds(self) -> Thresholds:
-        return calibrate(self.image_scores, self.image_labels, self.maps, self.masks)
+    def thresholds(self, pixel_from: "_Scored | None" = None) -> Thresholds:
+        """OK/NG from these images' scores; the pixel threshold from their maps, or from ``pixel_from``'s."""
+        pixels = pixel_from or self
+        return calibrate(self.image_scores, self.image_labels, pixels.maps, pixels.masks)
 
     def extend(self, other: "_Scored") -> None:
         """Append ``other``'s images (scored with the same views)."""
@@ -706,14 +708,14 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     unseen = _score_unused_defects(network, training, dataset.train, options, size, device, views, report_after_fit)
     if unseen is not None:
         scored.extend(unseen)
-    thresholds = scored.thresholds()
+    own = None
     if unseen is not None and crossfit.used:
         # The pixel threshold on one network's maps: the copies' maps of the good images and the shipped network's
         # of the defects are on different scales, and together they set it so low (0.08-0.10 on mtd) that masks
         # covered whole tiles (docs/results.md, "Unsupervised thresholds: ...").
         own = _calibrate_fitted(network, cache, training, size, device, views)
         own.extend(unseen)
-        thresholds = replace(thresholds, pixel=own.thresholds().pixel)
+    thresholds = scored.thresholds(pixel_from=own)
     refinement, refinement_record = None, {"note": "refine_masks is off" if not settings["refine_masks"]
                                            else "no training masks to choose a mask refinement on"}
     if refining:
@@ -725,8 +727,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     meta = new_meta(family=FAMILY, backbone=options.backbone, config=config, input_size=size,
                     normalisation=IMAGENET_NORMALISATION, thresholds=thresholds,
                     dataset=dataset.package_record(options.supervision))
-    unseen_defects = options.supervision == "unsupervised" and bool(scored.image_labels.any())
-    source = (OUT_OF_FOLD_GOOD_UNSEEN_DEFECTS if crossfit.used else OWN_UNSEEN_DEFECTS) if unseen_defects else None
+    source = None if unseen is None else OUT_OF_FOLD_GOOD_UNSEEN_DEFECTS if crossfit.used else OWN_UNSEEN_DEFECTS
     meta["calibration"] = describe(crossfit, scored.image_labels, settings["calibration_folds"], scored.image_scores,
                                    thresholds, source=source)
     meta["calibration"]["mask_refinement"] = refinement_record
