@@ -12,7 +12,7 @@ from core.data.dataset import Sample
 from core.inference.package import PackageError, load_package, new_meta, save_package
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
-from core.models.supersimplenet import SuperSimpleNet, make_config
+from core.models.supersimplenet import CPU_CONFIG, PAPER_CONFIG, SuperSimpleNet, make_config
 from core.models.supersimplenet.torch_model import top_share_mean
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, top_cells_loss, truncated_l1
 from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_noise
@@ -21,8 +21,8 @@ from core.training.feature_cache import FeatureCache
 from core.training.holdout import calibration_folds
 from core.training.supersimplenet_trainer import (DEFAULTS, UNSUPERVISED_SCORE_FROM, WEAK_MAP_FROM, BalancedSampler,
                                                   GridTargets, TrainingSet, _Scored, _settings, _stage_spans,
-                                                  distance_weights, grid_targets, perturb, select_samples,
-                                                  smooth_noise, training_step, unused_defects)
+                                                  distance_weights, grid_targets, network_sizes, perturb,
+                                                  select_samples, smooth_noise, training_step, unused_defects)
 
 GRID = (32, 32)
 
@@ -241,6 +241,24 @@ def test_weak_maps_join_the_classification_head_unless_given(tmp_path):
     assert _settings(given, cpu)["map_from"] == "segmentation"
     with pytest.raises(TrainingError, match="map_from must be"):
         _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"map_from": "heads"}), cpu)
+
+
+def test_unsupervised_segmentation_head_is_wider_unless_a_width_is_given_or_paper(tmp_path):
+    cpu = torch.device("cpu")
+
+    def width(supervision: str, **extra) -> int:
+        settings = _settings(TrainOptions(out=tmp_path, supervision=supervision, extra=extra), cpu)
+        config = make_config("efficientnet_lite0", paper=bool(settings["paper"]), **network_sizes(settings, extra))
+        return SuperSimpleNet(config, pretrained=False).seg_head.layers[0].out_channels  # what is built, not the dict
+
+    assert {regime: width(regime) for regime in ("unsupervised", "weak", "mixed", "full")} == \
+        DEFAULTS["seg_width_by_regime"]
+    assert width("unsupervised") == 1024 and width("weak") == CPU_CONFIG["seg_width"] == 256
+    assert width("unsupervised", seg_width=64) == 64                       # one width given: every regime takes it
+    assert width("weak", seg_width_by_regime={"weak": 512}) == 512
+    assert width("weak", paper=True) == width("unsupervised", paper=True) == PAPER_CONFIG["seg_width"]
+    with pytest.raises(TrainingError, match="seg_width_by_regime must be at least 1"):
+        _settings(TrainOptions(out=tmp_path, supervision="unsupervised", extra={"seg_width_by_regime": 0}), cpu)
 
 
 def test_unsupervised_scores_from_its_map_unless_given(tmp_path):

@@ -123,6 +123,14 @@ DEFAULTS: dict = {
     # through the network per view. On mtd, 3 seeds, same networks: full mIoU 0.444 -> 0.467 and pixel AP
     # 0.747 -> 0.774, weak pixel AP 0.145 -> 0.161 (docs/results.md, "Mirror views averaged at inference").
     "test_time_flips": True,
+    # Hidden width of the segmentation head (its 1x1 conv C -> width) per regime, for the CPU configuration; a
+    # "seg_width" setting (one for all regimes) or "paper" (1024) overrides it. Unsupervised: 1024. That map is the
+    # model's only output there, learnt from feature noise alone, and the wider head ranked held-out images better:
+    # a package trained on one half of mtd/train, measured on the other, image AUROC of the map's top 1 % 0.825 /
+    # 0.834 (256) against 0.840 / 0.848 (1024), AP 0.718 / 0.725 against 0.769 / 0.758 (docs/results.md,
+    # "Unsupervised: a wider segmentation head"). Its unsupervised package skips the classification head, so the
+    # wider head costs about what that saves (p50 on mtd images, 2 cores: 48.6-55.6 ms at 256, 58.6-59.0 at 1024).
+    "seg_width_by_regime": {"unsupervised": 1024, "weak": 256, "mixed": 256, "full": 256},
 }
 WEAK_MAP_FROM = "both"
 UNSUPERVISED_SCORE_FROM = "map"
@@ -414,6 +422,16 @@ def _busy_cores(interval_s: float = 0.5) -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
+def network_sizes(settings: dict, extra: dict) -> dict:
+    """The network sizes (_NETWORK_KEYS) to build with: those given in ``extra``, and on the CPU configuration the
+    regime's segmentation-head width (``settings`` from _settings) where none is given; with "paper" the papers'
+    sizes stand."""
+    sizes = {key: extra[key] for key in _NETWORK_KEYS if key in extra}
+    if not settings["paper"]:
+        sizes.setdefault("seg_width", settings["seg_width_by_regime"])
+    return sizes
+
+
 def _regime_value(value, supervision: str):
     """A setting given either once for all regimes or as {regime: value}."""
     if isinstance(value, dict):
@@ -451,6 +469,9 @@ def _settings(options: TrainOptions, device: torch.device) -> dict:
         given_noise = 0.015 if paper_lr else DEFAULTS["noise_std"]
     settings["noise_std"] = _regime_value(given_noise, options.supervision)
     settings["noise_smoothing"] = float(_regime_value(settings["noise_smoothing"], options.supervision))
+    settings["seg_width_by_regime"] = int(_regime_value(settings["seg_width_by_regime"], options.supervision))
+    if settings["seg_width_by_regime"] < 1:
+        raise TrainingError(f"seg_width_by_regime must be at least 1, got {settings['seg_width_by_regime']}")
     if not 0.0 <= float(settings["unmasked_top_cells"]) <= 1.0:
         raise TrainingError(f"unmasked_top_cells must be a share between 0 and 1, got {settings['unmasked_top_cells']}")
     if settings["map_from"] == "auto":
@@ -653,7 +674,7 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
                             "wide_resnet50_2 state dict file (.safetensors or .pth)")
     config = make_config(options.backbone, paper=bool(settings["paper"]), map_from=settings["map_from"],
                          score_from=settings["score_from"], score_top_share=float(settings["score_top_share"]),
-                         **{k: options.extra[k] for k in _NETWORK_KEYS if k in options.extra})
+                         **network_sizes(settings, options.extra))
     try:
         network = SuperSimpleNet(config, pretrained=True, backbone_weights=options.backbone_weights).to(device)
     except ValueError as exc:
