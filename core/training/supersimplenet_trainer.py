@@ -128,8 +128,10 @@ DEFAULTS: dict = {
     # model's only output there, learnt from feature noise alone, and the wider head ranked held-out images better:
     # a package trained on one half of mtd/train, measured on the other, image AUROC of the map's top 1 % 0.825 /
     # 0.834 (256) against 0.840 / 0.848 (1024), AP 0.718 / 0.725 against 0.769 / 0.758 (docs/results.md,
-    # "Unsupervised: a wider segmentation head"). Its unsupervised package skips the classification head, so the
-    # wider head costs about what that saves (p50 on mtd images, 2 cores: 48.6-55.6 ms at 256, 58.6-59.0 at 1024).
+    # "Unsupervised: a wider segmentation head"); on mtd/test, 3 seeds: pixel AP 0.086 -> 0.179, image AUROC 0.754 ->
+    # 0.768. Training takes about twice as long (21-24 instead of 13-15 minutes on 2 cores). Its unsupervised package
+    # skips the classification head, so at inference the wider head costs about what that saves (p50 on mtd images,
+    # 2 cores: 38-59 ms at 1024, 49-59 ms at 256, in two alternated pairs each).
     "seg_width_by_regime": {"unsupervised": 1024, "weak": 256, "mixed": 256, "full": 256},
 }
 WEAK_MAP_FROM = "both"
