@@ -22,13 +22,16 @@ from core.data.dataset import open_dataset
 from core.evaluation import _load_batch
 from core.inference.detector import Detector
 from core.inference.package import read_meta
+from core.inference.result import Thresholds, Verdict
 
 
 def verdicts(scores: np.ndarray, labels: np.ndarray, ok: float, ng: float) -> dict:
-    """{"good": [OK, REVIEW, NG], "defect": [...]} at thresholds ok <= ng (score < ok: OK; score >= ng: NG)."""
+    """{"good": [OK, REVIEW, NG], "defect": [...]} under the station's verdict policy (Thresholds.verdict) at ok, ng."""
+    policy = Thresholds(ok=float(ok), ng=float(ng), pixel=0.5)  # the pixel threshold plays no part in a verdict
+    decided = np.array([policy.verdict(float(score)).value for score in scores])
+
     def counts(mask: np.ndarray) -> list[int]:
-        s = scores[mask]
-        return [int((s < ok).sum()), int(((s >= ok) & (s < ng)).sum()), int((s >= ng).sum())]
+        return [int((decided[mask] == verdict.value).sum()) for verdict in (Verdict.OK, Verdict.REVIEW, Verdict.NG)]
     return {"ok": round(ok, 4), "ng": round(ng, 4), "good": counts(labels == 0), "defect": counts(labels == 1)}
 
 
