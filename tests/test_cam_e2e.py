@@ -110,7 +110,11 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
                 ({"background_within": [3]}, "'background_within' cannot be"),
                 ({"crf_iterations": 0}, "cam CRF settings: mask refinement iterations"),  # before any work
                 ({"refine_masks": "yes"}, "'refine_masks' cannot be 'yes'"),
-                ({"map_from": "heads"}, "map_from must be one of")]
+                ({"map_from": "heads"}, "map_from must be one of"),
+                ({"cam_map": "absolute"}, "cam_map must be one of"),
+                ({"decoder_channels": 33}, "decoder_channels must be an even number"),
+                ({"image_channels": 0}, "image_channels at least 1"),
+                ({"unexplained_cam_map": "absolute"}, "unexplained_cam_map must be one of")]
     for extra, message in refusals:
         with pytest.raises(TrainingError, match=message):
             train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra=extra), print)
@@ -119,14 +123,17 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
 @pytest.mark.timeout(120)
 def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
     """seg_rounds 1 stops after the first segmenter; 2 is the issue's pipeline (the default is 3). The first run
-    also turns the inference-time mask refinement off, and makes its map from both heads (map_from)."""
+    also turns the inference-time mask refinement off, and makes its map from both heads (map_from); the second
+    builds a narrower segmenter and reads the CAM of unexplained defects absolutely (options, not defaults)."""
     expected = {1: ["segmenter-1"], 2: ["segmenter-1", "refine", "segmenter-2"]}
     for rounds, stages in expected.items():
         events = []
         out = trainer_for("cam")(open_dataset(dataset), TrainOptions(
             out=tmp_path / f"rounds{rounds}", epochs=1,
             extra={**FAST, "calibration_folds": 0, "seg_rounds": rounds, "refine_masks": rounds != 1,
-                   "map_from": "both" if rounds == 1 else "segmentation"}), events.append)
+                   "map_from": "both" if rounds == 1 else "segmentation",
+                   **({"decoder_channels": 16, "image_channels": 4, "unexplained_cam_map": "sigmoid"} if rounds == 2
+                      else {})}), events.append)
         meta = read_meta(out)
         assert ("mask_refinement" in meta) == (rounds != 1)
         assert meta["config"]["network"]["map_from"] == ("both" if rounds == 1 else "segmentation")
@@ -138,6 +145,11 @@ def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
         assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
         detector = Detector.load(out, device="cpu")
         assert (detector.mask_refinement is None) == (rounds == 1)
+        decoder = detector.package.network.decoder
+        assert (decoder.lateral.out_channels, decoder.image[0][0].out_channels) == ((16, 4) if rounds == 2 else (32, 8))
+        iem_end = [e for e in events if e.stage == "iem"][-1]
+        assert 0.0 <= iem_end.metrics["reread"] <= iem_end.metrics["unexplained"]
+        assert iem_end.metrics["reread"] == 0.0 or rounds == 2
         result = detector.predict([np.zeros((96, 96, 3), np.uint8)])[0]
         assert result.anomaly_map.shape == (96, 96)
 

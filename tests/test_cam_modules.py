@@ -20,7 +20,7 @@ from core.training.cam.crf import IGNORE, pseudo_mask
 from core.training.cam.dfc import HeadSchedule, cams_from_features, image_classifier, train_head
 from core.training.cam.guided_crop import crop_box, guided_crops, random_box
 from core.training.cam.images import extract_features, prepare
-from core.training.cam.inpainting import erase_region, inpaint_extend
+from core.training.cam.inpainting import erase_region, extend_again, inpaint_extend
 from core.training.cam.pseudo_masks import crf_pseudo_masks, limit_background
 from core.training.cam.segmenter_training import predict_from_features, train_decoder
 
@@ -70,6 +70,19 @@ def test_cam_map_is_relative_and_scaled_by_the_image_probability():
     maps = cam_map(cam, torch.tensor([10.0, -10.0]))
     assert maps[0, 0, 2, 3] > 0.99 and maps[0].sum() < 1.01       # peak 1, median 0
     assert maps[1].max() < 1e-3                                      # a good image stays low
+
+
+def test_cam_map_can_be_read_absolutely_instead():
+    """kind "sigmoid": sigmoid(CAM) x P(defect), so a CAM positive over a wide area stays high over all of it."""
+    cam = torch.full((1, 1, 8, 8), -4.0)
+    cam[0, 0, :4] = 3.0                                # half the image
+    cam[0, 0, 2, 3] = 8.0                              # and a peak inside it
+    absolute = cam_map(cam, torch.tensor([10.0]), kind="sigmoid")
+    relative = cam_map(cam, torch.tensor([10.0]))
+    assert torch.allclose(absolute, torch.sigmoid(cam) * torch.sigmoid(torch.tensor(10.0)))
+    assert (absolute >= 0.5).sum() == 32 and (relative >= 0.5).sum() < 32
+    with pytest.raises(ValueError, match="not one of"):
+        cam_map(cam, torch.tensor([10.0]), kind="absolute")
 
 
 def test_cam_peaks_on_the_planted_defect(trained):
@@ -139,6 +152,29 @@ def test_iem_grows_an_under_covering_map(trained):
         assert (amap[b] >= 0.5).mean() > 0.3, "the second defect was not added"
     covered_before = np.mean([(s >= 0.5)[b].mean() for s, b in zip(start, second)])
     assert covered_before == 0.0
+
+
+def test_extend_again_replaces_only_the_chosen_images_whose_other_cam_is_wide_enough(trained):
+    """The trainer's re-read of unexplained defects: chosen images get the other CAM, extended; the rest keep their
+    map, and a chosen image whose other CAM covers less than min_cover keeps it too."""
+    rng = np.random.default_rng(12)
+    images, first, second = zip(*[_two_blob_image(rng) for _ in range(4)])
+    images = np.stack(images)
+    maps = np.stack([m.astype(np.float32) for m in first])                  # defect A only
+    wide = np.stack([(a | b).astype(np.float32) for a, b in zip(first, second)])   # both defects
+    chosen = np.array([True, False, True, False])
+    classify = image_classifier(trained["classifier"], NORM)
+    out, redone = extend_again(images, maps, chosen, wide, classify, rounds=1)
+    assert redone.tolist() == chosen.tolist()
+    for index, (amap, b) in enumerate(zip(out, second)):
+        if chosen[index]:
+            assert (amap[b] >= 0.99).all()                                   # the wide CAM's second defect
+        else:
+            np.testing.assert_array_equal(amap, maps[index])
+    cover = float((wide >= 0.5).mean(axis=(1, 2)).max())
+    out, redone = extend_again(images, maps, chosen, wide, classify, min_cover=cover + 0.01, rounds=1)
+    assert not redone.any()
+    np.testing.assert_array_equal(out, maps)
 
 
 def test_iem_stops_when_the_image_looks_good():

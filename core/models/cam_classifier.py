@@ -28,13 +28,24 @@ def topk_pool(cam_logits: torch.Tensor, fraction: float) -> torch.Tensor:
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 
-def cam_map(cam_logits: torch.Tensor, image_logit: torch.Tensor, gamma: float = 3.0) -> torch.Tensor:
+CAM_MAP_KINDS = ("relative", "sigmoid")
+
+
+def cam_map(cam_logits: torch.Tensor, image_logit: torch.Tensor, gamma: float = 3.0,
+            kind: str = "relative") -> torch.Tensor:
     """CAM logits (N, 1, h, w) and image logits (N,) -> defect map (N, 1, h, w) in 0..1.
+
+    ``kind`` "sigmoid": sigmoid(CAM) times the image's defect probability (absolute, as the packages' classifier
+    map in core.models.map_sources); "relative" (below) is the pipeline's default.
 
     The stride-16 features see most of the image, so on a defect image the whole CAM sits above
     zero and sigmoid(CAM) cannot be thresholded as such. The map is therefore relative: 0 at the
     image's median position, 1 at its peak, sharpened by ``gamma`` (3: a position at 80 % of the
     peak maps to 0.5) and scaled by the image's defect probability, so good images stay low."""
+    if kind == "sigmoid":
+        return torch.sigmoid(cam_logits) * torch.sigmoid(image_logit).view(-1, 1, 1, 1)
+    if kind != "relative":
+        raise ValueError(f"CAM map kind {kind!r} is not one of {CAM_MAP_KINDS}")
     flat = cam_logits.flatten(1)
     low = flat.median(dim=1).values.view(-1, 1, 1, 1)
     high = flat.max(dim=1).values.view(-1, 1, 1, 1)
@@ -65,11 +76,13 @@ class DefectFocusClassifier(nn.Module):
     """Frozen backbone + CamHead. forward(x (N, 3, H, W) normalised) ->
     (image logit (N,), CAM logits (N, 1, H/8, W/8), embedding (N, D, H/8, W/8))."""
 
-    def __init__(self, backbone: nn.Module, head: CamHead, topk_fraction: float = 0.02) -> None:
+    def __init__(self, backbone: nn.Module, head: CamHead, topk_fraction: float = 0.02,
+                 map_kind: str = "relative") -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.topk_fraction = topk_fraction
+        self.map_kind = map_kind
 
     def train(self, mode: bool = True) -> "DefectFocusClassifier":
         super().train(mode)
@@ -86,5 +99,6 @@ class DefectFocusClassifier(nn.Module):
     def cam_probabilities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(image probability (N,), CAM map (N, H, W) in 0..1 at the input size; see cam_map)."""
         logit, cam, _ = self(x)
-        prob_map = cam_map(F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False), logit)
+        prob_map = cam_map(F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False), logit,
+                           kind=self.map_kind)
         return torch.sigmoid(logit), prob_map[:, 0]

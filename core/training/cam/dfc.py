@@ -88,8 +88,8 @@ def train_head(head: CamHead, features: torch.Tensor, labels: np.ndarray, schedu
 
 @torch.no_grad()
 def cams_from_features(head: CamHead, features: torch.Tensor, size: tuple[int, int],
-                       topk_fraction: float, batch_size: int = 64, device: torch.device | str = "cpu"
-                       ) -> tuple[np.ndarray, np.ndarray]:
+                       topk_fraction: float, batch_size: int = 64, device: torch.device | str = "cpu",
+                       map_kind: str = "relative") -> tuple[np.ndarray, np.ndarray]:
     """(image probabilities (N,), CAM maps (N, H, W) float32 in 0..1 at ``size``; see cam_map)."""
     head.eval()
     probs, cams = [], []
@@ -97,7 +97,8 @@ def cams_from_features(head: CamHead, features: torch.Tensor, size: tuple[int, i
         _, cam = head(features[start:start + batch_size].to(device).float())
         logit = topk_pool(cam, topk_fraction)
         probs.append(torch.sigmoid(logit).cpu())
-        cams.append(cam_map(F.interpolate(cam, size=size, mode="bilinear", align_corners=False), logit)[:, 0].cpu())
+        cams.append(cam_map(F.interpolate(cam, size=size, mode="bilinear", align_corners=False), logit,
+                            kind=map_kind)[:, 0].cpu())
     return torch.cat(probs).numpy(), torch.cat(cams).numpy()
 
 

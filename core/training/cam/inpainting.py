@@ -53,3 +53,19 @@ def inpaint_extend(images: np.ndarray, cams: np.ndarray, classify: Classify, *, 
                 used[index] += 1
         active = active[still]
     return merged, used
+
+
+def extend_again(images: np.ndarray, maps: np.ndarray, chosen: np.ndarray, cams: np.ndarray, classify: Classify, *,
+                 min_cover: float = 0.0, rounds: int = 3, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Run IEM again from other CAMs for some images: images (N, H, W, 3) uint8, their extended maps (N, H, W),
+    ``chosen`` (N,) bool, and ``cams`` (N, H, W): the CAMs read another way (core.models.cam_classifier.cam_map's
+    kind, with ``classify`` reading them the same way) -> (maps (N, H, W) with each chosen image whose CAM covers at
+    least ``min_cover`` of it at ``threshold`` replaced by that CAM extended, which images were (N,) bool).
+
+    The trainer's use: a defect the found region does not explain (still classified defective after every IEM
+    round) is large or diffuse, and the CAM read absolutely covers more of it than the relative one."""
+    redo = chosen & ((cams >= threshold).mean(axis=(1, 2)) >= min_cover)
+    out = maps.copy()
+    if redo.any():
+        out[redo], _ = inpaint_extend(images[redo], cams[redo], classify, rounds=rounds, threshold=threshold)
+    return out, redo
