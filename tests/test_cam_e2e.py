@@ -146,7 +146,8 @@ def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
         detector = Detector.load(out, device="cpu")
         assert (detector.mask_refinement is None) == (rounds == 1)
         decoder = detector.package.network.decoder
-        assert (decoder.lateral.out_channels, decoder.image[0][0].out_channels) == ((16, 4) if rounds == 2 else (32, 8))
+        widths = (decoder.lateral.out_channels, decoder.image[0][0].out_channels)
+        assert widths == ((16, 4) if rounds == 2 else (64, 16))   # the setting, else the default
         iem_end = [e for e in events if e.stage == "iem"][-1]
         assert 0.0 <= iem_end.metrics["reread"] <= iem_end.metrics["unexplained"]
         assert iem_end.metrics["reread"] == 0.0 or rounds == 2
