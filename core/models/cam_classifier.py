@@ -35,8 +35,8 @@ def cam_map(cam_logits: torch.Tensor, image_logit: torch.Tensor, gamma: float = 
             kind: str = "relative") -> torch.Tensor:
     """CAM logits (N, 1, h, w) and image logits (N,) -> defect map (N, 1, h, w) in 0..1.
 
-    ``kind`` "sigmoid": sigmoid(CAM) times the image's defect probability (absolute, as the packages' classifier
-    map in core.models.map_sources); "relative" (below) is the pipeline's default.
+    ``kind`` "sigmoid": sigmoid(CAM) times the image's defect probability (absolute: the cam package's "classifier"
+    map, core.models.map_sources); "relative" (below) is the training pipeline's default.
 
     The stride-16 features see most of the image, so on a defect image the whole CAM sits above
     zero and sigmoid(CAM) cannot be thresholded as such. The map is therefore relative: 0 at the

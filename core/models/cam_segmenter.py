@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models.backbones import backbone_channels, build_backbone
-from core.models.cam_classifier import CamHead, fuse_taps, topk_pool
+from core.models.cam_classifier import CamHead, cam_map, fuse_taps, topk_pool
 from core.models.map_sources import joined_map, map_source
 from core.models.registry import register_family
 
@@ -82,13 +82,13 @@ class CamSegmenter(nn.Module):
         bilinearly upsampled from stride 8."""
         seg = F.interpolate(self.decoder(fused, x), size=x.shape[-2:], mode="bilinear", align_corners=False)
         _, cam = self.score_head(fused)
-        score = torch.sigmoid(topk_pool(cam, self.topk_fraction))
+        logit = topk_pool(cam, self.topk_fraction)
 
         def classifier() -> torch.Tensor:
             upsampled = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            return torch.sigmoid(upsampled) * score.view(-1, 1, 1, 1)
+            return cam_map(upsampled, logit, kind="sigmoid")
 
-        return joined_map(map_source(self.config), lambda: torch.sigmoid(seg), classifier), score
+        return joined_map(map_source(self.config), lambda: torch.sigmoid(seg), classifier), torch.sigmoid(logit)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.outputs(fuse_taps(*self.backbone(x)), x)
