@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.data.dataset import open_dataset
-from core.evaluation import _load_batch
+from core.data.dataset import load_samples, open_dataset
 from core.inference.detector import Detector
 from core.inference.mask_refinement import CANDIDATES, MaskRefinement
 from core.metrics import iou
@@ -52,7 +51,7 @@ def main() -> int:
     settings = list(CANDIDATES) if args.candidates else GRID
     raw, ious, types = [], np.empty((len(settings), len(samples))), []
     for start in range(0, len(samples), 8):
-        loaded = _load_batch(samples[start:start + 8])
+        loaded = load_samples(samples[start:start + 8])
         images = [image for image, _ in loaded]
         scores, maps = detector.infer(images)  # the network runs once; each setting only re-draws the masks
         detector.mask_refinement = None

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.data.dataset import open_dataset
-from core.evaluation import _load_batch
+from core.data.dataset import load_samples, open_dataset
 from core.inference.detector import Detector
 from core.metrics import iou
 
@@ -36,7 +35,7 @@ def ious_by_threshold(detector: Detector, samples, batch_size: int = 8) -> tuple
     out = np.empty((len(THRESHOLDS), len(samples)))
     oracle = np.empty(len(samples))
     for start in range(0, len(samples), batch_size):
-        loaded = _load_batch(samples[start:start + batch_size])
+        loaded = load_samples(samples[start:start + batch_size])
         results = detector.predict([image for image, _ in loaded])
         for offset, ((_, mask), result) in enumerate(zip(loaded, results)):
             amap = result.anomaly_map

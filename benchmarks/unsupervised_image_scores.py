@@ -21,8 +21,7 @@ import sys
 import numpy as np
 import torch
 
-from core.data.dataset import open_dataset
-from core.evaluation import _load_batch
+from core.data.dataset import load_samples, open_dataset
 from core.inference.detector import Detector
 from core.metrics import auroc, average_precision
 from core.models.supersimplenet.torch_model import top_share_mean
@@ -49,7 +48,7 @@ def main() -> int:
     scores: dict[str, list[float]] = {"classifier": [], "map_max": [], "geo_classifier_top1pct": []}
     scores.update({f"map_top{share * 100:g}pct": [] for share in SHARES})
     for start in range(0, len(samples), 16):
-        batch = _load_batch(samples[start:start + 16])
+        batch = load_samples(samples[start:start + 16])
         head, maps = detector.infer([image for image, _ in batch])
         maps_t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
         scores["classifier"].extend(head.tolist())

@@ -18,8 +18,7 @@ import sys
 import numpy as np
 import torch
 
-from core.data.dataset import open_dataset
-from core.evaluation import _load_batch
+from core.data.dataset import load_samples, open_dataset
 from core.inference.detector import Detector
 from core.inference.package import read_meta
 from core.inference.result import Thresholds, Verdict
@@ -47,7 +46,7 @@ def main() -> int:
     detector = Detector.load(args.model, device="cpu")
     samples = open_dataset(args.dataset).split(args.split)
     labels = np.array([s.label for s in samples])
-    scores = np.concatenate([detector.infer([image for image, _ in _load_batch(samples[i:i + 16])])[0]
+    scores = np.concatenate([detector.infer([image for image, _ in load_samples(samples[i:i + 16])])[0]
                              for i in range(0, len(samples), 16)])
     own = detector.thresholds
     report = {"model": args.model, "split": args.split, "own": verdicts(scores, labels, own.ok, own.ng)}

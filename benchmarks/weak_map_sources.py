@@ -24,8 +24,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from core.data.dataset import open_dataset
-from core.evaluation import _load_batch
+from core.data.dataset import load_samples, open_dataset
 from core.inference.detector import Detector
 from core.inference.mask_refinement import map_at_size
 from core.metrics import iou, pixel_metrics
@@ -41,7 +40,7 @@ def measure(detector: Detector, good: list, defects: list) -> dict:
     outputs = {"good": ([], []), "defect": ([], [])}
     for kind, samples in (("good", good), ("defect", defects)):
         for start in range(0, len(samples), 8):
-            batch = _load_batch(samples[start:start + 8])
+            batch = load_samples(samples[start:start + 8])
             scores, maps = detector.infer([image for image, _ in batch])
             loaded[kind].extend(batch)
             outputs[kind][0].append(scores)

@@ -20,25 +20,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from core.data.dataset import Dataset, DatasetError, Sample
-from core.data.images import ImageError
+from core.data.dataset import Dataset, DatasetError, Sample, load_samples
 from core.inference.result import Result, Verdict
 from core.metrics import PixelMetrics, auroc, image_metrics
 from core.training.api import EtaClock, ProgressEvent
 
 METRIC_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "miou", "iou")
 Loaded = list[tuple[np.ndarray, "np.ndarray | None"]]
-
-
-def _load_batch(samples: Sequence[Sample]) -> Loaded:
-    """(image, mask) per sample; a bad file becomes a DatasetError naming it."""
-    loaded = []
-    for sample in samples:
-        try:
-            loaded.append(sample.load())
-        except ImageError as exc:
-            raise DatasetError(str(exc)) from exc
-    return loaded
 
 
 def evaluate(detector, dataset: Dataset, split: str = "test",
@@ -64,11 +52,11 @@ def evaluate(detector, dataset: Dataset, split: str = "test",
     batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
     done = 0
     with ThreadPoolExecutor(max_workers=1) as reader:
-        pending: Future[Loaded] = reader.submit(_load_batch, batches[0])
+        pending: Future[Loaded] = reader.submit(load_samples, batches[0])
         for index, batch in enumerate(batches):
             loaded = pending.result()
             if index + 1 < len(batches):
-                pending = reader.submit(_load_batch, batches[index + 1])
+                pending = reader.submit(load_samples, batches[index + 1])
             results = detector.predict([image for image, _ in loaded])
             if len(results) != len(batch):
                 raise RuntimeError(f"the detector returned {len(results)} results for {len(batch)} images")

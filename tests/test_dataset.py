@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.data.dataset import DatasetError, check_dataset, list_images, open_dataset, validate
+from core.data.dataset import DatasetError, check_dataset, list_images, load_samples, open_dataset, validate
 from core.data.images import ImageError, as_station_image, read_image, read_mask
 from core.data.synthetic import write_synthetic_dataset
 
@@ -172,6 +172,20 @@ def test_truncated_image_is_named(tmp_path: Path, suffix: str) -> None:
         check_dataset(dataset)
     assert str(bad) in str(info.value) and "1 unusable file" in str(info.value)
 
+
+
+def test_load_samples_gives_images_with_masks_and_names_a_bad_file(tmp_path: Path) -> None:
+    root = _small_station(tmp_path)
+    samples = open_dataset(root).test
+    loaded = load_samples(samples)
+    assert len(loaded) == len(samples)
+    for sample, (image, mask) in zip(samples, loaded):
+        assert image.shape[:2] == (32, 32) and mask is not None and mask.shape == (32, 32) and mask.dtype == bool
+        assert mask.any() == bool(sample.label)  # good: all background; the planted defects are in their masks
+    victim = samples[0].image_path
+    victim.write_text("this is not an image")
+    with pytest.raises(DatasetError, match=victim.name):
+        load_samples(samples)
 
 def test_corrupt_empty_and_tiny_images(tmp_path: Path) -> None:
     root = _small_station(tmp_path)

@@ -17,7 +17,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
@@ -56,6 +56,18 @@ class Sample:
             return image, np.zeros(image.shape[:2], dtype=bool)
         return image, None
 
+
+
+def load_samples(samples: Sequence[Sample]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(image, mask) per sample, as Sample.load gives them; a file that cannot be read becomes a DatasetError
+    naming it (so a caller reports the dataset, not an image decoder)."""
+    loaded = []
+    for sample in samples:
+        try:
+            loaded.append(sample.load())
+        except ImageError as exc:
+            raise DatasetError(str(exc)) from exc
+    return loaded
 
 @dataclass
 class Dataset:
