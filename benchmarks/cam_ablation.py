@@ -14,8 +14,9 @@ Rows (each on the test images; image labels of the test split are never used to 
   +GCM            the head after the guided-crop rounds
   +IEM            inpainting extension of +GCM on the images the classifier calls defective
   +CRF            dense CRF of +IEM on those images (map: CRF posterior; mask: posterior >= mask_high)
-  segmenter r1/rN the distilled network (round 1 from MODEL_DIR.stages/seg1, the last round = MODEL_DIR), through
-                  core.evaluation.evaluate with the package's own calibrated thresholds
+  segmenter r1..rN the distilled network after each round (MODEL_DIR.stages/seg1, seg2, ...; the last round =
+                  MODEL_DIR), through core.evaluation.evaluate with each package's own calibrated thresholds and the
+                  package's mask refinement (runs before 2026-12-07 kept round 1 only, without the refinement)
 CAM rows threshold their map at 0.5, the value the pipeline itself uses (IEM region, CRF unary midpoint).
 """
 from __future__ import annotations
@@ -120,8 +121,10 @@ def main() -> int:
         posterior[index] = dense_crf(data.images[index], extended[index], **crf)
     rows["+CRF"] = measure(samples, posterior, posterior >= cfg["mask_high"], probs)
     print("+CRF", {k: rows["+CRF"][k] for k in KEYS}, file=sys.stderr)
-    last = f"segmenter round {cfg.get('seg_rounds', 2)} (the package)"   # packages before seg_rounds had 2
-    for label, package in (("segmenter round 1", stages / "seg1"), (last, args.model)):
+    rounds = cfg.get("seg_rounds", 2)   # packages before seg_rounds had 2
+    # runs before 2026-12-07 kept only round 1's segmenter
+    earlier = [(f"segmenter round {r}", stages / f"seg{r}") for r in range(1, rounds) if (stages / f"seg{r}").is_dir()]
+    for label, package in earlier + [(f"segmenter round {rounds} (the package)", args.model)]:
         report = evaluate(Detector.load(package, device="cpu"), dataset)
         rows[label] = {k: report[k] for k in KEYS} | {"pixel_threshold": report["thresholds"]["pixel"]}
         print(label, rows[label], file=sys.stderr)

@@ -161,7 +161,14 @@ def test_keep_stages_writes_beside_the_package(dataset, tmp_path):
         out=tmp_path / "m", epochs=1, extra={**FAST, "keep_stages": True, "gcm_rounds": 1}), lambda e: None)
     stages = Path(str(out) + ".stages")
     names = sorted(p.name for p in stages.iterdir())
+    # every segmenter round before the last (the default has 3: the package is the third)
     assert names == ["config.json", "head_cam.safetensors", "head_cam_long.safetensors", "head_clm.safetensors",
-                     "head_gcm.safetensors", "seg1"]
+                     "head_gcm.safetensors", "seg1", "seg2"]
     assert json.loads((stages / "config.json").read_text())["training"]["input_size"] == 96
-    assert Detector.load(stages / "seg1", device="cpu").family == "cam"
+    shipped = Detector.load(out, device="cpu")
+    for name in ("seg1", "seg2"):
+        earlier = Detector.load(stages / name, device="cpu")
+        assert earlier.family == "cam"
+        # formed like the package: its mask refinement, and a pixel threshold of its own
+        assert earlier.package.meta["mask_refinement"] == shipped.package.meta["mask_refinement"]
+        assert 0.0 < earlier.thresholds.pixel < 1.0

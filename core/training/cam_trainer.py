@@ -20,7 +20,8 @@ process's CPU seconds in meta["config"]["stage_cpu_seconds"]):
                      thresholds. The shipped pipeline then runs on all images from the same random state.
 Masks of the dataset are never read. Only the segmenter (with the classifier's head as its image
 score) goes into the package. With options.extra["keep_stages"] the intermediate heads and the
-round-1 segmenter are written beside the package (``<out>.stages/``) for benchmarks/cam_ablation.py.
+segmenters of the rounds before the last (seg1, seg2, ...) are written beside the package (``<out>.stages/``) for
+benchmarks/cam_ablation.py.
 """
 from __future__ import annotations
 
@@ -372,7 +373,7 @@ class _Pipeline:
             ) -> tuple[CamSegmenter, np.ndarray]:
         """images (N, H, W, 3) uint8, their cached backbone features, labels (N,) -> (the distilled segmenter,
         the last round's pseudo masks (N, H, W) uint8 in {0, 1, IGNORE}). ``keep``: also write the intermediate heads
-        and the round-1 package there (needs ``meta_base``)."""
+        and the earlier rounds' packages there (needs ``meta_base``)."""
         cfg, options, device, size, norm = self.cfg, self.options, self.device, self.size, self.norm
         backbone, channels = self.backbone, self.channels
         head, cams = self.classifier(images, feats, labels, rng, stages, keep)
@@ -419,10 +420,7 @@ class _Pipeline:
         train_decoder(model, feats, images, masks, labels, norm, seed=options.seed + 10, **seg_kwargs,
                       on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs, f"epoch {e + 1}", loss=loss))
         stages.end()
-        if keep is not None:
-            round1, _ = _calibrate(model, feats, images, labels, masks, norm, device)
-            save_package(keep / "seg1", model, new_meta(config={"network": self.network_config}, thresholds=round1,
-                                                        **meta_base))
+        self._keep_round(keep, 1, model, feats, images, labels, masks, meta_base)
 
         for round_number in range(2, cfg.seg_rounds + 1):
             refine, segmenter = _round_stages(round_number)
@@ -439,7 +437,24 @@ class _Pipeline:
                           **seg_kwargs, on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs,
                                                                                f"epoch {e + 1}", loss=loss))
             stages.end()
+            if round_number < cfg.seg_rounds:
+                self._keep_round(keep, round_number, model, feats, images, labels, masks, meta_base)
         return model, masks
+
+    def _keep_round(self, keep: Path | None, round_number: int, model: CamSegmenter, feats: torch.Tensor,
+                    images: np.ndarray, labels: np.ndarray, masks: np.ndarray, meta_base: dict | None) -> None:
+        """With ``keep``: an earlier round's segmenter as a package ``keep/seg<round>`` for the ablation, its pixel
+        threshold from the pseudo masks it learnt from and the package's mask refinement, so that each round's row is
+        formed as the shipped package's (the OK/NG thresholds are from its fitted images: the image score is the same
+        classifier's in every round)."""
+        if keep is None:
+            return
+        thresholds, _ = _calibrate(model, feats, images, labels, masks, self.norm, self.device)
+        meta = new_meta(config={"network": self.network_config}, thresholds=thresholds, **(meta_base or {}))
+        refinement = self.cfg.mask_refinement()
+        if refinement is not None:
+            meta["mask_refinement"] = refinement.to_dict()
+        save_package(keep / f"seg{round_number}", model, meta)
 
 
 def _calibrate(model: CamSegmenter, feats: torch.Tensor, images: np.ndarray, labels: np.ndarray,
