@@ -173,7 +173,6 @@ def test_truncated_image_is_named(tmp_path: Path, suffix: str) -> None:
     assert str(bad) in str(info.value) and "1 unusable file" in str(info.value)
 
 
-
 def test_load_samples_gives_images_with_masks_and_names_a_bad_file(tmp_path: Path) -> None:
     root = _small_station(tmp_path)
     samples = open_dataset(root).test
@@ -186,6 +185,7 @@ def test_load_samples_gives_images_with_masks_and_names_a_bad_file(tmp_path: Pat
     victim.write_text("this is not an image")
     with pytest.raises(DatasetError, match=victim.name):
         load_samples(samples)
+
 
 def test_corrupt_empty_and_tiny_images(tmp_path: Path) -> None:
     root = _small_station(tmp_path)

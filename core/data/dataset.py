@@ -57,7 +57,6 @@ class Sample:
         return image, None
 
 
-
 def load_samples(samples: Sequence[Sample]) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """(image, mask) per sample, as Sample.load gives them; a file that cannot be read becomes a DatasetError
     naming it (so a caller reports the dataset, not an image decoder)."""
@@ -68,6 +67,7 @@ def load_samples(samples: Sequence[Sample]) -> list[tuple[np.ndarray, np.ndarray
         except ImageError as exc:
             raise DatasetError(str(exc)) from exc
     return loaded
+
 
 @dataclass
 class Dataset:
