@@ -420,7 +420,8 @@ class _Pipeline:
         train_decoder(model, feats, images, masks, labels, norm, seed=options.seed + 10, **seg_kwargs,
                       on_epoch=lambda e, loss: stages.update((e + 1) / cfg.seg_epochs, f"epoch {e + 1}", loss=loss))
         stages.end()
-        self._keep_round(keep, 1, model, feats, images, labels, masks, meta_base)
+        if cfg.seg_rounds > 1:  # with one round, round 1 is the package itself
+            self._keep_round(keep, 1, model, feats, images, labels, masks, meta_base)
 
         for round_number in range(2, cfg.seg_rounds + 1):
             refine, segmenter = _round_stages(round_number)
