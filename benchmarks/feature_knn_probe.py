@@ -28,6 +28,7 @@ from core.metrics import average_precision, auroc
 from core.models.backbone_names import DEFAULT_BACKBONE, LITE_BACKBONES
 from core.models.backbones import IMAGENET_NORMALISATION, build_backbone
 from core.models.supersimplenet.torch_model import FeatureAggregator
+from core.training.cam.good_cells import nearest_distance
 from core.training.feature_cache import FeatureCache, build_feature_cache
 
 SIZE = (256, 256)
@@ -38,18 +39,6 @@ def encode(samples, backbone, aggregator) -> FeatureCache:
     """The samples' (N, C, 32, 32) features as SuperSimpleNet's training caches them (float16, unflipped,
     not standardised), and their masks at the input size (None: none)."""
     return build_feature_cache(samples, lambda x: aggregator(backbone(x)), SIZE, IMAGENET_NORMALISATION)
-
-
-@torch.inference_mode()
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """(Q, C) x (B, C) -> (Q,) Euclidean distance of each query to its nearest bank row."""
-    bank_sq = (bank * bank).sum(1)
-    out = torch.empty(queries.shape[0])
-    for start in range(0, queries.shape[0], chunk):
-        q = queries[start:start + chunk]
-        d = (q * q).sum(1, keepdim=True) - 2 * q @ bank.T + bank_sq[None]
-        out[start:start + chunk] = d.min(1).values.clamp_min(0).sqrt()
-    return out
 
 
 def main() -> int:
@@ -70,7 +59,7 @@ def main() -> int:
     channels, grid = train.shape[1], train.shape[-2:]
     patches = train.permute(0, 2, 3, 1).reshape(-1, channels)
     bank = patches[torch.randperm(patches.shape[0])[: int(args.bank * patches.shape[0])]]
-    distances = nearest_distances(test.permute(0, 2, 3, 1).reshape(-1, channels), bank).view(len(test_samples), *grid)
+    distances = nearest_distance(test.permute(0, 2, 3, 1).reshape(-1, channels), bank).view(len(test_samples), *grid)
     labels = np.array([s.label for s in test_samples])
     image_scores = distances.flatten(1).max(1).values.numpy()
     maps = F.interpolate(distances[:, None], size=SIZE, mode="bilinear", align_corners=False)[:, 0].numpy()

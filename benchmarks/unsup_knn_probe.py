@@ -24,6 +24,7 @@ from core.data.dataset import open_dataset
 from core.metrics import PixelMetrics, image_metrics
 from core.models.backbones import DEFAULT_BACKBONE, IMAGENET_NORMALISATION
 from core.models.supersimplenet import SuperSimpleNet, make_config
+from core.training.cam.good_cells import nearest_distance
 from core.training.feature_cache import preprocess
 
 SIZE = (256, 256)
@@ -36,18 +37,6 @@ def encode(network: SuperSimpleNet, images: list[np.ndarray], batch: int = 16) -
     for start in range(0, len(images), batch):
         x = torch.from_numpy(np.stack([preprocess(im, SIZE, IMAGENET_NORMALISATION) for im in images[start:start + batch]]))
         out.append(network.encode(x))
-    return torch.cat(out)
-
-
-@torch.inference_mode()
-def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """queries (Q, C), bank (B, C) -> (Q,) Euclidean distance of each query to its nearest bank row."""
-    bank_sq = (bank * bank).sum(1)
-    out = []
-    for start in range(0, queries.shape[0], chunk):
-        q = queries[start:start + chunk]
-        d2 = (q * q).sum(1, keepdim=True) - 2 * q @ bank.T + bank_sq
-        out.append(d2.min(1).values.clamp_min(0).sqrt())
     return torch.cat(out)
 
 

@@ -114,7 +114,8 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
                 ({"cam_map": "absolute"}, "cam_map must be one of"),
                 ({"decoder_channels": 33}, "decoder_channels must be an even number"),
                 ({"image_channels": 0}, "image_channels at least 1"),
-                ({"unexplained_cam_map": "absolute"}, "unexplained_cam_map must be one of")]
+                ({"unexplained_cam_map": "absolute"}, "unexplained_cam_map must be one of"),
+                ({"anomaly_growth": "some"}, "anomaly_growth must be one of")]
     for extra, message in refusals:
         with pytest.raises(TrainingError, match=message):
             train(open_dataset(dataset), TrainOptions(out=tmp_path / "m", extra=extra), print)
@@ -124,7 +125,8 @@ def test_bad_requests_are_refused_clearly(dataset, tmp_path):
 def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
     """seg_rounds 1 stops after the first segmenter; 2 is the issue's pipeline (the default is 3). The first run
     also turns the inference-time mask refinement off, and makes its map from both heads (map_from); the second
-    builds a narrower segmenter and reads the CAM of unexplained defects absolutely (options, not defaults)."""
+    builds a narrower segmenter, reads the CAM of unexplained defects absolutely and grows every defect image's map
+    over the anomaly regions that touch it (options, not defaults)."""
     expected = {1: ["segmenter-1"], 2: ["segmenter-1", "refine", "segmenter-2"]}
     for rounds, stages in expected.items():
         events = []
@@ -132,8 +134,8 @@ def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
             out=tmp_path / f"rounds{rounds}", epochs=1,
             extra={**FAST, "calibration_folds": 0, "seg_rounds": rounds, "refine_masks": rounds != 1,
                    "map_from": "both" if rounds == 1 else "segmentation",
-                   **({"decoder_channels": 16, "image_channels": 4, "unexplained_cam_map": "sigmoid"} if rounds == 2
-                      else {})}), events.append)
+                   **({"decoder_channels": 16, "image_channels": 4, "unexplained_cam_map": "sigmoid",
+                       "anomaly_growth": "all", "anomaly_min_area": 0.0} if rounds == 2 else {})}), events.append)
         meta = read_meta(out)
         assert ("mask_refinement" in meta) == (rounds != 1)
         assert meta["config"]["network"]["map_from"] == ("both" if rounds == 1 else "segmentation")
@@ -151,6 +153,8 @@ def test_the_number_of_segmenter_rounds_is_a_setting(dataset, tmp_path):
         iem_end = [e for e in events if e.stage == "iem"][-1]
         assert 0.0 <= iem_end.metrics["reread"] <= iem_end.metrics["unexplained"]
         assert iem_end.metrics["reread"] == 0.0 or rounds == 2
+        # the share of defect images whose map grew over an anomaly region: some with the option, none without it
+        assert (0.0 < iem_end.metrics["grown"] <= 1.0) if rounds == 2 else iem_end.metrics["grown"] == 0.0
         result = detector.predict([np.zeros((96, 96, 3), np.uint8)])[0]
         assert result.anomaly_map.shape == (96, 96)
 

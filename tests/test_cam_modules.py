@@ -18,6 +18,7 @@ from core.training.cam.contrastive import Projection, clm_loss
 from core.inference.mask_refinement import dense_crf
 from core.training.cam.crf import IGNORE, pseudo_mask
 from core.training.cam.dfc import HeadSchedule, cams_from_features, image_classifier, train_head
+from core.training.cam.good_cells import GoodCellBank, grown_from_cam
 from core.training.cam.guided_crop import crop_box, guided_crops, random_box
 from core.training.cam.images import extract_features, prepare
 from core.training.cam.inpainting import erase_region, extend_again, inpaint_extend
@@ -341,3 +342,37 @@ def test_a_bad_map_source_is_refused(tmp_path):
     path = save_package(tmp_path / "pkg", model, meta)
     with pytest.raises(PackageError, match="cannot build.*map_from 'heads'"):
         load_package(path)
+
+
+def _cell_features(rng: np.random.Generator, count: int) -> torch.Tensor:
+    """(count, 8, 16, 16) float16 features of 'good' images: unit Gaussian cells."""
+    return torch.from_numpy(rng.normal(size=(count, 8, 16, 16)).astype(np.float16))
+
+
+def test_good_cell_bank_marks_the_cells_unlike_any_good_one():
+    rng = np.random.default_rng(0)
+    bank = GoodCellBank.fit(_cell_features(rng, 40), rng, bank_cells=4000, calibration_images=10)
+    query = _cell_features(rng, 2).float()
+    query[0, :, 4:8, 4:8] += 6.0                      # a planted anomaly in the first image only
+    maps = bank.anomaly_maps(query, (64, 64))
+    assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+    assert 0.0 <= maps.min() and maps.max() <= 1.0
+    assert maps[0, 20:28, 20:28].mean() > 0.9          # the planted cells (16-32 px at 4 px per cell)
+    assert np.median(maps[0]) < 0.3 and np.median(maps[1]) < 0.3
+    assert (maps[1] >= 0.5).mean() < 0.05              # a good image: hardly anything marked
+    with pytest.raises(ValueError, match="at least 2 good images"):
+        GoodCellBank.fit(_cell_features(rng, 1), rng)
+
+
+def test_growth_from_the_cam_keeps_only_anomaly_regions_it_touches():
+    cam = np.zeros((1, 64, 64), np.float32)
+    cam[0, 10:14, 10:14] = 0.9                         # the CAM found a corner of the defect
+    anomaly = np.zeros((1, 64, 64), np.float32)
+    anomaly[0, 8:30, 8:30] = 0.8                       # the defect's whole extent, touching the CAM
+    anomaly[0, 45:60, 45:60] = 0.8                     # another mark the classifier did not point at
+    grown = grown_from_cam(cam, anomaly)
+    assert (grown[0, 8:30, 8:30] >= 0.8).all() and grown[0, 10:14, 10:14].min() == pytest.approx(0.9)
+    assert (grown[0, 45:60, 45:60] == 0).all()
+    assert (cam == 0.9).sum() == 16                    # the input is left as it was
+    small = grown_from_cam(cam, anomaly, min_area=0.2)  # 22x22 px is 12 % of the image: too small to count
+    np.testing.assert_array_equal(small, cam)

@@ -49,6 +49,7 @@ from core.training.api import EtaClock, Progress, ProgressEvent, TrainingError, 
 from core.training.cam.contrastive import Projection
 from core.training.cam.crf import IGNORE
 from core.training.cam.dfc import HeadSchedule, cams_from_features, image_classifier, train_head
+from core.training.cam.good_cells import ANOMALY_GROWTH, GoodCellBank, grown_from_cam
 from core.training.cam.guided_crop import guided_crops
 from core.training.cam.images import extract_features, load_images
 from core.training.cam.inpainting import extend_again, inpaint_extend
@@ -92,6 +93,11 @@ class CamConfig:
     # every round): their CAM is read again this way and extended again, for the pseudo masks
     unexplained_cam_map: str = "relative"
     unexplained_min_cover: float = 0.0  # ... only where that reading covers at least this share of the image
+    # which defect images' extended maps grow over the regions where their features are unlike any good image's
+    # that touch the CAM's region (core.training.cam.good_cells): "none", "unexplained" (those IEM leaves
+    # unexplained: most large, diffuse defects) or "all"; and how large such a region must be to count
+    anomaly_growth: str = "none"
+    anomaly_min_area: float = 0.03
     gcm_margin: float = 0.5
     gcm_min_side: int = 64
     iem_rounds: int = 3
@@ -134,6 +140,8 @@ class CamConfig:
         config = cls(**extra)
         if config.map_from not in MAP_SOURCES:
             raise TrainingError(f"map_from must be one of {MAP_SOURCES}, got {config.map_from!r}")
+        if config.anomaly_growth not in ANOMALY_GROWTH:
+            raise TrainingError(f"anomaly_growth must be one of {ANOMALY_GROWTH}, got {config.anomaly_growth!r}")
         for name in ("cam_map", "unexplained_cam_map"):
             if getattr(config, name) not in CAM_MAP_KINDS:
                 raise TrainingError(f"{name} must be one of {CAM_MAP_KINDS}, got {getattr(config, name)!r}")
@@ -399,10 +407,12 @@ class _Pipeline:
             maps, reread = extend_again(images, maps, unexplained, again, reclassify,
                                         min_cover=cfg.unexplained_min_cover, rounds=cfg.iem_rounds,
                                         threshold=cfg.iem_threshold)
+        grown = self._grow_with_anomalies(maps, feats, labels, unexplained)
         within = [cfg.unexplained_background_within if u else cfg.background_within for u in unexplained]
         stages.end(f"mean rounds {used.mean():.2f}", grown_px=float((extended >= 0.5).mean() - (cams[defect] >= 0.5).mean()),
                    unexplained=float(unexplained[defect].mean()) if defect.size else 0.0,
-                   reread=float(reread[defect].mean()) if defect.size else 0.0)
+                   reread=float(reread[defect].mean()) if defect.size else 0.0,
+                   grown=float(grown[defect].mean()) if defect.size else 0.0)
 
         stages.begin("crf", f"{len(defect)} defect images")
         masks, _ = crf_pseudo_masks(images, maps, labels, crf=cfg.crf(), high=cfg.mask_high, low=cfg.mask_low,
@@ -441,6 +451,25 @@ class _Pipeline:
             if round_number < cfg.seg_rounds:
                 self._keep_round(keep, round_number, model, feats, images, labels, masks, meta_base)
         return model, masks
+
+    def _grow_with_anomalies(self, maps: np.ndarray, feats: torch.Tensor, labels: np.ndarray,
+                             unexplained: np.ndarray) -> np.ndarray:
+        """Grow the chosen defect images' maps (N, H, W), in place, over the anomaly regions that touch their CAM's
+        region (cfg.anomaly_growth; core.training.cam.good_cells) -> which images changed (N,) bool."""
+        cfg = self.cfg
+        chosen = {"none": np.zeros(len(labels), bool), "unexplained": unexplained, "all": labels > 0}[cfg.anomaly_growth]
+        good = np.flatnonzero(labels == 0)
+        if not chosen.any() or len(good) < 2:
+            return np.zeros(len(labels), bool)
+        # its own random stream, so that the stages after it draw what they drew without it
+        bank = GoodCellBank.fit(feats[good], np.random.default_rng(self.options.seed + 7))
+        rows = np.flatnonzero(chosen)
+        before = maps[rows] >= 0.5
+        maps[rows] = grown_from_cam(maps[rows], bank.anomaly_maps(feats[rows], self.size),
+                                    min_area=cfg.anomaly_min_area)
+        changed = np.zeros(len(labels), bool)
+        changed[rows] = ((maps[rows] >= 0.5) != before).any(axis=(1, 2))
+        return changed
 
     def _keep_round(self, keep: Path | None, round_number: int, model: CamSegmenter, feats: torch.Tensor,
                     images: np.ndarray, labels: np.ndarray, masks: np.ndarray, meta_base: dict | None) -> None:
