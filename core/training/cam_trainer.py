@@ -95,7 +95,9 @@ class CamConfig:
     unexplained_min_cover: float = 0.0  # ... only where that reading covers at least this share of the image
     # which defect images' extended maps grow over the regions where their features are unlike any good image's
     # that touch the CAM's region (core.training.cam.good_cells): "none", "unexplained" (those IEM leaves
-    # unexplained: most large, diffuse defects) or "all"; and how large such a region must be to count
+    # unexplained: most large, diffuse defects) or "all"; and how large such a region must be to count. On mtd/test,
+    # 3 seeds, "unexplained" raised pixel AP 0.185 -> 0.262 but lowered mIoU 0.235 -> 0.214 (blowholes drawn wide;
+    # docs/results.md, "Anomaly regions grown from the CAM"), hence off by default
     anomaly_growth: str = "none"
     anomaly_min_area: float = 0.03
     gcm_margin: float = 0.5
