@@ -171,6 +171,11 @@ class CamConfig:
         """The package's inference-time refinement: the pseudo-mask CRF's settings (None when refine_masks is off)."""
         return replace(WITHOUT_MASKS, **self.crf()) if self.refine_masks else None
 
+    def refinement_meta(self) -> dict:
+        """model.json's "mask_refinement" entry for a package of this config: {} when refine_masks is off."""
+        refinement = self.mask_refinement()
+        return {} if refinement is None else {"mask_refinement": refinement.to_dict()}
+
 
 # Share of the run each stage takes (for the overall fraction and ETA), from a CPU run on mtd (2 segmenter rounds).
 # "calibration" (the calibration copies of the classifier's stages) is added per run when there are folds.
@@ -310,9 +315,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     meta = new_meta(config=config, thresholds=thresholds,
                     evaluation={"train_seconds": config["total_seconds"]}, **meta_base)
     meta["calibration"] = describe(crossfit, labels, cfg.calibration_folds, calibration_scores, thresholds)
-    refinement = cfg.mask_refinement()
-    if refinement is not None:
-        meta["mask_refinement"] = refinement.to_dict()
+    meta.update(cfg.refinement_meta())
+    if cfg.refine_masks:
         meta["calibration"]["mask_refinement"] = fixed_choice_record()
     if keep is not None:
         (keep / "config.json").write_text(json.dumps(config, indent=2))
@@ -483,10 +487,7 @@ class _Pipeline:
             return
         thresholds, _ = _calibrate(model, feats, images, labels, masks, self.norm, self.device)
         meta = new_meta(config={"network": self.network_config}, thresholds=thresholds, **(meta_base or {}))
-        refinement = self.cfg.mask_refinement()
-        if refinement is not None:
-            meta["mask_refinement"] = refinement.to_dict()
-        save_package(keep / f"seg{round_number}", model, meta)
+        save_package(keep / f"seg{round_number}", model, meta | self.cfg.refinement_meta())
 
 
 def _calibrate(model: CamSegmenter, feats: torch.Tensor, images: np.ndarray, labels: np.ndarray,
