@@ -325,13 +325,14 @@ def test_a_package_with_a_mask_refinement_streams_with_refined_masks_and_says_so
     assert window.errors == [] and len(rows) >= 20
     found = [row for row in rows if row.mask_path is not None and db.load_mask(row.id).any()]
     assert found, "some frames have a defect mask"
-    # what the line stored is the refined mask, not the raw one, for the frame as it was stored
+    # what the line stored is the refined mask for every frame as it was stored; the CRF leaves a mask of a few
+    # pixels as it is, so only some frames tell refined from raw: the last frame alone is one of them 2 times in 3
     refined, raw = Detector.load(refined_dir, device="cpu"), Detector.load(refined_dir, device="cpu",
                                                                            refine_masks=False)
-    image = db.load_image(found[0].id)
-    stored = db.load_mask(found[0].id)
-    assert np.array_equal(stored, refined.predict([image])[0].mask)
-    assert not np.array_equal(stored, raw.predict([image])[0].mask)
+    images = [db.load_image(row.id) for row in found]
+    stored = [db.load_mask(row.id) for row in found]
+    assert all(np.array_equal(mask, result.mask) for mask, result in zip(stored, refined.predict(images)))
+    assert any(not np.array_equal(mask, result.mask) for mask, result in zip(stored, raw.predict(images)))
     page = window.show_page("model")
     page.reload()
     qtbot.waitUntil(lambda: "masks snapped to image edges" in page.active_label.text(), timeout=WAIT)
