@@ -46,18 +46,14 @@ def centred_outputs(detector: Detector, images: list[np.ndarray]) -> tuple[np.nd
     outputs = [detector.infer(images[start:start + 8]) for start in range(0, len(images), 8)]
     scores, maps = (np.concatenate(part) for part in zip(*outputs))
     threshold = detector.thresholds.pixel
-    return scores, centred(maps, threshold), np.stack([centred_probability(m, threshold) for m in maps])
+    return scores, centred(maps, threshold), centred_probability(maps, threshold)
 
 
 def centred(maps: np.ndarray, threshold: float) -> np.ndarray:
-    """Maps (N, h, w) in [0, 1] -> float64 maps with ``threshold`` moved to 0.5 by a shift in logit space, as
-    centred_probability does, but clipped only at 1e-12: that function's 1e-4 clip would tie the saturated pixels of
-    cam maps and lower their pixel AP (and at 1e-12 the refinement's unaries would differ from the package's)."""
-    def logit(value):
-        value = np.clip(np.asarray(value, np.float64), 1e-12, 1.0 - 1e-12)
-        return np.log(value / (1.0 - value))
-
-    return 1.0 / (1.0 + np.exp(-(logit(maps) - logit(threshold))))
+    """Maps (N, h, w) in [0, 1] -> float64 maps with ``threshold`` moved to 0.5 (centred_probability), clipped only at
+    1e-12: the refinement's 1e-4 clip would tie the saturated pixels of cam maps and lower their pixel AP (and at
+    1e-12 the refinement's unaries would differ from the package's, hence the two copies)."""
+    return centred_probability(maps, threshold, clip=1e-12, dtype=np.float64)
 
 
 def measure(ranked: np.ndarray, masked: np.ndarray, images: list[np.ndarray], truths: list[np.ndarray],

@@ -51,14 +51,16 @@ def dense_crf(image: np.ndarray, prob: np.ndarray, *, iterations: int = 5, gauss
     return q[1]
 
 
-def centred_probability(amap: np.ndarray, threshold: float) -> np.ndarray:
-    """Map (H, W) in [0, 1] -> (H, W) float32 in (0, 1) with the pixel threshold moved to 0.5 (a shift in
-    logit space), so the CRF's defect/background balance is the one the threshold was calibrated for."""
+def centred_probability(amap: np.ndarray, threshold: float, *, clip: float = _CLIP,
+                        dtype: type = np.float32) -> np.ndarray:
+    """Map (..., H, W) in [0, 1] -> the same shape in ``dtype``, in (0, 1), with the pixel threshold moved to 0.5 (a
+    shift in logit space), so the CRF's defect/background balance is the one the threshold was calibrated for.
+    Values are clipped to [clip, 1 - clip] first; a clip far below 1e-4 needs float64 to stay below 1."""
     def logit(value):
-        value = np.clip(value, _CLIP, 1.0 - _CLIP)
+        value = np.clip(value, clip, 1.0 - clip)
         return np.log(value / (1.0 - value))
 
-    return (1.0 / (1.0 + np.exp(-(logit(amap.astype(np.float32)) - logit(np.float32(threshold)))))).astype(np.float32)
+    return (1.0 / (1.0 + np.exp(-(logit(amap.astype(dtype)) - logit(dtype(threshold)))))).astype(dtype)
 
 
 RESOLUTIONS = ("input", "image")  # where the CRF runs: at the network's input size, or at the image's own size
