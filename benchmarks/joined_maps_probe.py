@@ -26,8 +26,8 @@ import torch
 
 from core.data.dataset import load_samples, open_dataset
 from core.inference.detector import Detector
-from core.inference.mask_refinement import centred_probability, map_at_size
-from core.metrics import iou, pixel_metrics
+from core.inference.mask_refinement import centred_probability, map_at_size, mean_iou
+from core.metrics import pixel_metrics
 
 MAP_FAMILIES = ("supersimplenet", "cam")  # the families whose maps are probabilities in 0..1
 CENTRED_THRESHOLDS = (0.35, 0.45, 0.5, 0.55, 0.65, 0.75)
@@ -70,7 +70,7 @@ def measure(ranked: np.ndarray, masked: np.ndarray, images: list[np.ndarray], tr
         for threshold in CENTRED_THRESHOLDS:
             refiner.thresholds = replace(calibrated, pixel=threshold)
             found = refiner.postprocess(defect_images, scores[defect], masked[defect])
-            row[f"miou@{threshold}"] = round(float(np.mean([iou(r.mask, truths[i]) for r, i in zip(found, defect)])), 4)
+            row[f"miou@{threshold}"] = round(mean_iou([r.mask for r in found], [truths[i] for i in defect]), 4)
     finally:
         refiner.thresholds = calibrated
     return row
