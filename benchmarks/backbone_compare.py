@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.allocator import keep_freed_memory  # noqa: E402
 from core.inference.detector import Detector  # noqa: E402
 from core.inference.package import new_meta, save_package  # noqa: E402
 from core.inference.result import Thresholds  # noqa: E402
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as the station's own processes run (core.cli)
     if args.threads:
         torch.set_num_threads(args.threads)
     image = np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8)

@@ -25,6 +25,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.acquisition import simulator_producer  # noqa: E402
+from core.allocator import keep_freed_memory  # noqa: E402
 from core.reporting import emit_json  # noqa: E402
 from noop_detector import NoOpDetector  # noqa: E402
 from core.pipeline import PipelineConfig, run_headless  # noqa: E402
@@ -64,6 +65,7 @@ def main() -> int:
         return 2
     if args.frames <= WARMUP_FRAMES:
         parser.error(f"--frames must exceed {WARMUP_FRAMES} (memory is measured from frame {WARMUP_FRAMES})")
+    keep_freed_memory()  # as the station's own processes run (core.cli): memory is measured as the station holds it
     import torch
 
     torch.set_num_threads(args.threads)

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from core.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before any tensor: freed activations reused, not page-faulted in again (core.allocator)
     if not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
         from inspector.app import main as gui_main  # GUI only when asked for: the CLI stays Qt-free
 

@@ -208,6 +208,9 @@ def _child_main(spec_data: dict, out_queue, cancel_event) -> None:
     try:
         import torch
 
+        from core.allocator import keep_freed_memory
+
+        keep_freed_memory()  # a spawned interpreter: the parent's allocator setting does not carry over
         if spec.threads:
             torch.set_num_threads(spec.threads)
         from core.data.dataset import open_dataset
