@@ -23,6 +23,7 @@ import torch
 
 from core.data.dataset import load_samples, open_dataset
 from core.inference.detector import Detector
+from core.inference.package import load_package
 from core.metrics import auroc, average_precision
 from core.models.supersimplenet.torch_model import top_share_mean
 
@@ -37,10 +38,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    detector = Detector.load(args.model, device="cpu")
-    if detector.family != "supersimplenet":
-        parser.error(f"{args.model} is a {detector.family} package; this compares SuperSimpleNet's image scores")
-    detector.package.network.config["score_from"] = "classifier"  # read at every call: the head's score, and the map
+    package = load_package(args.model)
+    if package.meta["family"] != "supersimplenet":
+        parser.error(f"{args.model} is a {package.meta['family']} package; this compares SuperSimpleNet's image scores")
+    # read by the network at every call: the head's score, and the map. Set before the Detector copies the network
+    package.network.config["score_from"] = "classifier"
+    detector = Detector(package, device="cpu")
     samples = open_dataset(args.dataset).split(args.split)
     labels = np.array([s.label for s in samples])
     if labels.min() == labels.max():

@@ -35,7 +35,7 @@ GOOD_QUANTILE = 0.999  # core.inference.calibration.pixel_threshold without mask
 
 
 def measure(detector: Detector, good: list, defects: list) -> dict:
-    """The figures above for the detector's network as its config says now."""
+    """The figures above for the detector's network as its config said when the Detector was made."""
     loaded = {"good": [], "defect": []}
     outputs = {"good": ([], []), "defect": ([], [])}
     for kind, samples in (("good", good), ("defect", defects)):
@@ -83,11 +83,11 @@ def main() -> int:
     defects = [s for s in held_out if s.label == 1 and s.mask_path is not None]
     if not good or not defects:
         parser.error(f"{args.dataset}'s test split needs good images and defect images with masks")
-    network = detector.package.network
     report = {"model": args.model, "dataset": args.dataset, "good": len(good), "defects": len(defects)}
     for source in MAP_SOURCES:
-        network.config["map_from"] = source  # read by the network's outputs() at every call
-        report[source] = measure(detector, good, defects)
+        # read by the network's outputs(); a Detector runs its own copy of the network, so one per source
+        detector.package.network.config["map_from"] = source
+        report[source] = measure(Detector(detector.package, device="cpu"), good, defects)
         print(json.dumps({source: report[source]}), file=sys.stderr, flush=True)
     print(json.dumps(report))
     return 0

@@ -19,6 +19,7 @@ from core.inference.flip_average import FlipAveraged
 from core.inference.mask_refinement import map_at_size, refined_mask
 from core.inference.package import LoadedPackage, load_package
 from core.inference.result import Result, Thresholds, Verdict
+from core.models.inference_form import inference_form
 
 
 # Images per network call on a CPU, views included: on 2 cores a large batch cost more per image than a small one
@@ -52,7 +53,12 @@ class Detector:
         self.half = bool(half and self.device.type == "cuda")
         # the package's mirror views averaged (its thresholds were set that way); flip_average=False: the image alone
         self.flips = package.test_time_flips if flip_average else ("none",)
-        network = package.network if len(self.flips) == 1 else FlipAveraged(package.network, self.flips)
+        self.input_size = package.input_size  # (H, W)
+        # BatchNorm folded into the convolutions and pads into them, on a copy (the package's network stays as saved):
+        # the same outputs to float rounding, checked on an example image (core.models.inference_form)
+        example = torch.randn(1, 3, *self.input_size, generator=torch.Generator().manual_seed(0))
+        base = inference_form(package.network.eval(), example)
+        network = base if len(self.flips) == 1 else FlipAveraged(base, self.flips)
         # channels-last (NHWC) memory: faster convolutions on a CPU, outputs equal to 1e-7 (a mirror-averaged full
         # package's p50 fell from 56-63 to 47 ms on 2 cores); preprocess() hands the images over in that layout
         self.network = network.to(self.device, memory_format=torch.channels_last)
@@ -65,7 +71,6 @@ class Detector:
         norm = package.meta["normalisation"]
         self._mean = np.asarray(norm["mean"], dtype=np.float32)
         self._std = np.asarray(norm["std"], dtype=np.float32)
-        self.input_size = package.input_size  # (H, W)
 
     @classmethod
     def load(cls, package_dir: str | Path, device: str = "auto", half: bool = False,
