@@ -1,19 +1,20 @@
 """glibc's malloc told to keep freed memory for the next image instead of handing it back to the OS.
 
 Why: every network call allocates its activations afresh (tens to hundreds of KiB to a few MiB each). With glibc's
-defaults, blocks above the mmap threshold (128 KiB at start) are mapped and unmapped per call, and free memory at the
-top of the heap is trimmed back to the OS; either way the next call touches new pages and pays a page fault per 4 KiB.
+defaults, blocks above the mmap threshold (128 KiB at start, then the largest block freed so far) are mapped and
+unmapped per call, and free memory at the top of the heap beyond twice that is trimmed back to the OS; either way
+the next call touches new pages and pays a page fault per 4 KiB.
 On a 2-core CPU that was a large share of the time: ``top`` showed the training's feature encoding at 100 % system
 CPU, and one weak SuperSimpleNet training took 67 million page faults. With the two thresholds below the same
-process keeps its freed blocks and reuses them (docs/results.md, "Memory allocator": latency and training time
-measured with and without).
+process keeps its freed blocks and reuses them (docs/results.md, "Memory allocator and the inference form":
+latency and training time measured with and without).
 
 The cost: the process keeps up to TRIM_THRESHOLD_BYTES of freed memory instead of returning it, and blocks below
-32 MiB come from the heap, so its resident size stays near its high-water mark. Peak memory is unchanged in kind: it
-is set by the largest working set, which is allocated either way.
+32 MiB come from the heap, so its resident size stays near its high-water mark. The peak is set by the largest
+working set, which is allocated either way: one weak training's peak RSS was 2.42 GB tuned against 2.20-2.30 GB.
 
-Only glibc is tuned (Linux). Where the user set glibc's own malloc variables, glibc tunables for malloc, or preloads
-another allocator (jemalloc, tcmalloc, mimalloc), nothing is changed: they chose.
+Only glibc is tuned (Linux). Where the user set any of glibc's MALLOC_* variables or glibc tunables for malloc, or
+preloads another allocator (jemalloc, tcmalloc, mimalloc), nothing is changed: they chose.
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 # free memory at the heap's top that stays with the process; above it glibc trims as usual
 TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
 
-_USER_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _applied: dict[str, int] | None = None
 
@@ -37,7 +37,7 @@ def allocator_choice_left_to_user(environ: dict[str, str] | os._Environ = os.env
     """Why the allocator is left as it is (a short reason), or None when it may be tuned."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "not glibc"
-    chosen = [name for name in _USER_MALLOC_VARIABLES if name in environ]
+    chosen = sorted(name for name in environ if name.startswith("MALLOC_"))  # glibc's own malloc variables
     if chosen:
         return f"{chosen[0]} is set"
     if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):

@@ -5,8 +5,9 @@
 - a symmetric zero pad before a convolution (EfficientNet-Lite's TensorFlow-style "same" convolutions pad in a
   separate step) done by the convolution itself.
 
-On 2 CPU cores BatchNorm and the zero pads took about a fifth of EfficientNet-Lite0's time at 256x256 while the
-convolutions took half (torch profiler; docs/results.md, "Memory allocator and the inference form").
+In a torch profile of a weak SuperSimpleNet package's network on 2 CPU cores (256x256, mirror views) BatchNorm and
+the pads' zero fill took about a fifth of the time, the convolutions about half; the Detector's p50 fell about 10 ms
+(docs/results.md, "Memory allocator and the inference form").
 
 Which convolution feeds which BatchNorm is read off one forward pass of an example input (forward hooks), so any
 family's network is handled without a list of its layers. The rewritten copy is then checked against the original
