@@ -86,3 +86,31 @@ def test_network_in_training_mode_is_refused():
 def test_nothing_to_rewrite_gives_the_network_itself():
     network = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()).eval()
     assert inference_form(network, _example(8)) is network
+
+
+class _NoTensorOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+
+    def forward(self, x: torch.Tensor) -> float:
+        return float(self.layers(x).mean())
+
+
+def test_outputs_that_cannot_be_compared_leave_the_network_as_it_is():
+    network = _randomise_batchnorms(_NoTensorOutput())
+    assert inference_form(network, _example(8)) is network
+
+
+def test_dict_outputs_are_compared():
+    class DictOutput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"map": self.layers(x)}
+
+    network = _randomise_batchnorms(DictOutput())
+    rewritten = inference_form(network, _example(8))
+    assert rewritten is not network and _count(rewritten, nn.BatchNorm2d) == 0
