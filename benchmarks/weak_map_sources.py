@@ -26,6 +26,7 @@ import torch
 
 from core.data.dataset import load_samples, open_dataset
 from core.inference.detector import Detector
+from core.inference.package import load_package
 from core.inference.mask_refinement import map_at_size
 from core.metrics import iou, pixel_metrics
 from core.models.map_sources import MAP_SOURCES
@@ -75,9 +76,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    detector = Detector.load(args.model, device="cpu")
-    if detector.family not in ("supersimplenet", "cam"):
-        parser.error(f"{args.model} is a {detector.family} package; map sources are SuperSimpleNet's and cam's")
+    package = load_package(args.model)
+    family = package.meta["family"]
+    if family not in ("supersimplenet", "cam"):
+        parser.error(f"{args.model} is a {family} package; map sources are SuperSimpleNet's and cam's")
     held_out = open_dataset(args.dataset).split("test")
     good = [s for s in held_out if s.label == 0]
     defects = [s for s in held_out if s.label == 1 and s.mask_path is not None]
@@ -86,8 +88,8 @@ def main() -> int:
     report = {"model": args.model, "dataset": args.dataset, "good": len(good), "defects": len(defects)}
     for source in MAP_SOURCES:
         # read by the network's outputs(); a Detector runs its own copy of the network, so one per source
-        detector.package.network.config["map_from"] = source
-        report[source] = measure(Detector(detector.package, device="cpu"), good, defects)
+        package.network.config["map_from"] = source
+        report[source] = measure(Detector(package, device="cpu"), good, defects)
         print(json.dumps({source: report[source]}), file=sys.stderr, flush=True)
     print(json.dumps(report))
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from collections.abc import Mapping
 
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
@@ -33,7 +34,7 @@ _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _applied: dict[str, int] | None = None
 
 
-def allocator_choice_left_to_user(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
+def allocator_choice_left_to_user(environ: Mapping[str, str] = os.environ) -> str | None:
     """Why the allocator is left as it is (a short reason), or None when it may be tuned."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "not glibc"
