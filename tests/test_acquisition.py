@@ -2,6 +2,7 @@
 the synthetic camera and open_source parsing. No mocks: viky.cti is a real producer loaded by harvesters."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -152,6 +153,42 @@ def test_fetch_timeout_is_counted_and_bounded():
         assert source.counters.timeouts == 1 and source.state == SourceState.STREAMING
     finally:
         source.close()
+
+
+@needs_viky
+def test_waiting_for_a_frame_leaves_the_gil_to_other_threads():
+    """harvesters waits for a buffer inside a GenTL call that keeps the GIL (genicam/harvesters#508): a
+    thread waking up beside it waited a whole switch interval for the GIL (inference 5-7x slower, the GUI
+    sluggish). With the switch interval raised to 50 ms that wait is 50 ms; polling leaves it near zero."""
+    source = open_source(f"genicam:{VIKY}", frame_rate=1.0, pixel_format="Mono8")  # mostly waiting
+    done = threading.Event()
+    fetches: list[bool] = []
+
+    def acquire() -> None:
+        while not done.is_set():
+            fetches.append(source.fetch(0.5) is not None)
+
+    previous = sys.getswitchinterval()
+    worker = threading.Thread(target=acquire, daemon=True)
+    try:
+        source.start()
+        worker.start()
+        time.sleep(0.3)
+        sys.setswitchinterval(0.05)
+        late_ms = []
+        for _ in range(40):
+            start = time.perf_counter()
+            time.sleep(0.002)  # releases the GIL; waking up needs it back
+            late_ms.append((time.perf_counter() - start - 0.002) * 1000)
+        waited = len(fetches)
+    finally:
+        sys.setswitchinterval(previous)
+        done.set()
+        worker.join(5)
+        source.close()
+    assert not worker.is_alive()
+    assert len(fetches) > waited, "the acquisition thread was not waiting in fetch() while we measured"
+    assert float(np.median(late_ms)) < 10.0, f"woke {np.median(late_ms):.1f} ms late (median of 40)"
 
 
 @needs_viky

@@ -4,9 +4,15 @@ Producers (.cti GenTL libraries) come from, in order: an explicit list (settings
 the GENICAM_GENTL64_PATH convention (folders separated by os.pathsep), and the simulated camera viky.cti
 that ships inside the `genicam` wheel (used when nothing else offers a device).
 
-Every buffer is returned to the camera: frames are fetched with ``with acquirer.fetch(...) as buffer``
+Every buffer is returned to the camera: frames are fetched with ``with acquirer.try_fetch(...) as buffer``
 and copied out (converted) inside the ``with`` block. All harvesters calls happen on the thread that
 drives the source (harvesters is not thread-safe); state and counters may be read from anywhere.
+
+Waiting for a frame never holds the GIL for long. harvesters waits inside GenTL's EventGetData, a call
+that keeps the GIL (genicam/harvesters#508), so a blocking ``fetch`` starved every other Python thread:
+on 2 cores, inference ran 5-7x slower beside a 200 fps camera and any thread waking up (the GUI's
+included) waited about 5 ms for the GIL. The source therefore asks GenTL with a zero timeout and sleeps
+between polls (``POLL_INTERVAL_S``); sleeping releases the GIL.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from core.acquisition.pixels import PixelFormatError, to_station_image
 log = logging.getLogger(__name__)
 
 TRIGGERS = ("free-run", "software", "hardware")
+POLL_INTERVAL_S = 0.001  # between zero-timeout polls for a buffer: adds at most this to a frame's latency
+_ONE_POLL_S = 1e-5  # try_fetch's own deadline: long enough for its first zero-timeout GenTL call only
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -306,11 +314,6 @@ def apply_config(node_map: Any, config: CameraConfig) -> dict[str, str]:
     return report
 
 
-def _is_timeout(exc: BaseException) -> bool:
-    # genicam.gentl.TimeoutException; matched by name so this module imports without the genicam wheel
-    return type(exc).__name__ == "TimeoutException"
-
-
 # ---------------------------------------------------------------------------------------------------
 # the source
 # ---------------------------------------------------------------------------------------------------
@@ -382,6 +385,7 @@ class GenICamSource(SourceBase):
                     source._count("incomplete")
 
             acquirer.add_callback(ImageAcquirer.Events.INCOMPLETE_BUFFER, _Incomplete())
+            acquirer.timeout_period_on_update_event_data_call = 0  # ms: GenTL returns at once (module docstring)
         except BaseException:
             _destroy_quietly(acquirer)
             raise
@@ -495,26 +499,38 @@ class GenICamSource(SourceBase):
                 time.sleep(min(timeout_s, 0.05))
                 return None
             try:
-                with self._acquirer.fetch(timeout=timeout_s) as buffer:
-                    frame = self._frame_from(buffer)  # copies out: the buffer is queued back on exit
-            except PixelFormatError as exc:
-                self._count("errors")
-                log.warning("%s: %s", self.camera_id, exc)
-                return None
-            except Exception as exc:
-                if _is_timeout(exc):
+                buffer = self._poll_buffer(timeout_s)
+                if buffer is None:
                     self._count("timeouts")
                     stalled = (self.config.trigger == "free-run" and self.stall_timeout_s is not None
                                and time.monotonic() - self._last_frame_at > self.stall_timeout_s)
                     if stalled:
                         self._lost(f"no frame for {self.stall_timeout_s:g} s")
                     return None
+                with buffer:
+                    frame = self._frame_from(buffer)  # copies out: the buffer is queued back on exit
+            except PixelFormatError as exc:
+                self._count("errors")
+                log.warning("%s: %s", self.camera_id, exc)
+                return None
+            except Exception as exc:
                 self._count("errors")
                 self._lost(f"{type(exc).__name__}: {exc}")
                 return None
             self._last_frame_at = time.monotonic()
             self._count("frames")
             return frame
+
+    def _poll_buffer(self, timeout_s: float) -> Any | None:
+        """The next complete buffer, or None after timeout_s. Polls GenTL with a zero timeout and sleeps
+        between polls, so other threads get the GIL (module docstring). Errors other than "no buffer yet"
+        (device lost, stream closed) propagate; incomplete buffers are requeued by harvesters."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            buffer = self._acquirer.try_fetch(timeout=_ONE_POLL_S)
+            if buffer is not None or time.monotonic() >= deadline:
+                return buffer
+            time.sleep(POLL_INTERVAL_S)
 
     def _frame_from(self, buffer: Any) -> Frame:
         host_time, host_ns = host_now()
