@@ -13,6 +13,7 @@ from core.inference.package import PackageError, load_package, new_meta, save_pa
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.supersimplenet import CPU_CONFIG, PAPER_CONFIG, SuperSimpleNet, make_config
+from core.models.map_sources import CHOICE, centred, chosen_map
 from core.models.supersimplenet.torch_model import top_share_mean
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, top_cells_loss, truncated_l1
 from core.models.supersimplenet.perlin import perlin_mask, perlin_masks, perlin_noise
@@ -241,6 +242,59 @@ def test_weak_maps_join_the_classification_head_unless_given(tmp_path):
     assert _settings(given, cpu)["map_from"] == "segmentation"
     with pytest.raises(TrainingError, match="map_from must be"):
         _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"map_from": "heads"}), cpu)
+
+
+def test_only_weak_chooses_its_map_per_image_unless_turned_off(tmp_path):
+    cpu = torch.device("cpu")
+    ratio = {regime: _settings(TrainOptions(out=tmp_path, supervision=regime), cpu)["map_choice_peak_ratio"]
+             for regime in ("unsupervised", "weak", "mixed", "full")}
+    assert ratio == {"unsupervised": 0.0, "weak": 1.3, "mixed": 0.0, "full": 0.0}
+    off = TrainOptions(out=tmp_path, supervision="weak", extra={"map_choice_peak_ratio": 0.0})
+    assert _settings(off, cpu)["map_choice_peak_ratio"] == 0.0
+    with pytest.raises(TrainingError, match="map_choice_peak_ratio must be"):
+        _settings(TrainOptions(out=tmp_path, supervision="weak", extra={"map_choice_peak_ratio": -1.0}), cpu)
+
+
+def test_chosen_map_takes_the_segmentation_map_only_where_its_peak_is_confident():
+    choice = {"segmentation_threshold": 0.4, "both_threshold": 0.2, "peak_ratio": 1.3}
+    segmentation = torch.full((3, 1, 8, 8), 0.1)
+    segmentation[0, 0, 2, 2] = 0.9   # peak 0.9 > 1.3 x 0.4: this image's map is its segmentation map
+    segmentation[1, 0, 2, 2] = 0.5   # peak 0.5 < 0.52: not confident, "both" it is
+    both = torch.full((3, 1, 8, 8), 0.1)
+    both[:, 0, 4:, 4:] = 0.3
+    chosen = chosen_map(segmentation, both, choice)
+    assert chosen.shape == (3, 1, 8, 8)
+    assert torch.allclose(chosen[0], centred(segmentation[0], 0.4)) and torch.allclose(chosen[1:], centred(both[1:], 0.2))
+    # each map centred at its own threshold: the masks at 0.5 are the chosen map's masks at its threshold
+    assert torch.equal(chosen[0] > 0.5, segmentation[0] > 0.4) and torch.equal(chosen[1] > 0.5, both[1] > 0.2)
+    assert torch.allclose(centred(torch.tensor([0.4]), 0.4), torch.tensor([0.5]))
+
+
+def test_a_network_with_the_map_choice_checks_it_and_ranks_as_its_sources():
+    bad = [None, {"segmentation_threshold": 0.4, "both_threshold": 0.2},
+           {"segmentation_threshold": 1.0, "both_threshold": 0.2, "peak_ratio": 1.3},
+           {"segmentation_threshold": 0.4, "both_threshold": 0.2, "peak_ratio": 0.0},
+           {"segmentation_threshold": "0.4", "both_threshold": 0.2, "peak_ratio": 1.3}]
+    for choice in bad:
+        with pytest.raises(ValueError, match="map_choice"):
+            SuperSimpleNet(make_config("efficientnet_lite0", map_from=CHOICE, map_choice=choice))
+    torch.manual_seed(0)
+    network = SuperSimpleNet(make_config("efficientnet_lite0", map_from="both")).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = {}
+        for source in ("segmentation", "both"):
+            network.config["map_from"] = source
+            maps[source], score = network(x)
+        peaks = maps["segmentation"].flatten(1).amax(dim=1)
+        high, low = int(peaks.argmax()), int(peaks.argmin())
+        assert peaks[high] > peaks[low]
+        network.config.update(map_from=CHOICE, map_choice={"segmentation_threshold": 0.5, "both_threshold": 0.3,
+                                                           "peak_ratio": float(peaks.mean()) / 0.5})
+        chosen, chosen_score = network(x)
+    assert torch.equal(chosen_score, score)  # the score does not depend on the map
+    assert torch.allclose(chosen[high], centred(maps["segmentation"][high], 0.5), atol=1e-6)
+    assert torch.allclose(chosen[low], centred(maps["both"][low], 0.3), atol=1e-6)
 
 
 def test_unsupervised_segmentation_head_is_wider_unless_a_width_is_given_or_paper(tmp_path):

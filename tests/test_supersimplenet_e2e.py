@@ -13,6 +13,7 @@ from core.inference.detector import Detector
 from core.inference.mask_refinement import CANDIDATES, MIN_GAIN, WITHOUT_MASKS, fixed_choice_record
 from core.inference.package import load_package
 from core.metrics import auroc
+from core.models.map_sources import CHOICE, CHOICE_KEYS
 from core.training.api import ProgressEvent, TrainingCancelled, TrainOptions, trainer_for
 from core.training.holdout import OUT_OF_FOLD, OUT_OF_FOLD_GOOD_UNSEEN_DEFECTS, OWN_UNSEEN_DEFECTS
 from core.training.supersimplenet_trainer import DEFAULTS, WEAK_MAP_FROM
@@ -68,8 +69,13 @@ def test_weak_training_separates_planted_defects(dataset, tmp_path):
     assert meta["mask_refinement"] == WITHOUT_MASKS.to_dict() and detector.mask_refinement == WITHOUT_MASKS
     # the trained views are averaged at inference, as the thresholds were set
     assert meta["test_time_flips"] == ["none", "h"] and detector.flips == ("none", "h")
-    # weak: the map joins the classification head's activation map, which learnt from the defects' labels
-    assert meta["config"]["map_from"] == WEAK_MAP_FROM
+    # weak: the map joins the classification head's activation map, which learnt from the defects' labels, and is
+    # chosen per image between that join and the segmentation map, each centred at its own threshold
+    choice = meta["calibration"].pop("map_choice")
+    assert WEAK_MAP_FROM == "both" and meta["config"]["map_from"] == CHOICE
+    assert meta["config"]["map_choice"] == {key: choice[key] for key in CHOICE_KEYS}
+    assert choice["peak_ratio"] == DEFAULTS["map_choice_peak_ratio"]["weak"]
+    assert choice["both_threshold"] != choice["segmentation_threshold"] and meta["thresholds"]["pixel"] == 0.5
     assert _map_higher_on_the_defects(detector, dataset) >= 0.8
     assert meta["calibration"] == {"source": OUT_OF_FOLD, "folds": 2, "good": 32, "defect": 16,
                                    "refit": True, "note": ""}

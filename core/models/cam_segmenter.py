@@ -18,7 +18,7 @@ from torch import nn
 
 from core.models.backbones import backbone_channels, build_backbone
 from core.models.cam_classifier import CamHead, cam_map, fuse_taps, topk_pool
-from core.models.map_sources import joined_map, map_source
+from core.models.map_sources import configured_map, map_source
 from core.models.registry import register_family
 
 DEFAULT_CONFIG = {"decoder_channels": 32, "image_channels": 8, "head_hidden": 64, "topk_fraction": 0.02,
@@ -88,7 +88,7 @@ class CamSegmenter(nn.Module):
             upsampled = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
             return cam_map(upsampled, logit, kind="sigmoid")
 
-        return joined_map(map_source(self.config), lambda: torch.sigmoid(seg), classifier), torch.sigmoid(logit)
+        return configured_map(self.config, lambda: torch.sigmoid(seg), classifier), torch.sigmoid(logit)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.outputs(fuse_taps(*self.backbone(x)), x)

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -28,14 +28,14 @@ from scipy import ndimage
 
 from core.data.dataset import Dataset, Sample
 from core.data.flips import check_flips, flip
-from core.inference.calibration import calibrate
+from core.inference.calibration import calibrate, pixel_threshold
 from core.inference.detector import resolve_device
 from core.inference.mask_refinement import WITHOUT_MASKS, MaskRefinement, choose_refinement, fixed_choice_record
 from core.inference.package import new_meta, save_package
 from core.inference.result import Thresholds
 from core.models.backbones import IMAGENET_NORMALISATION
 from core.models.supersimplenet import CPU_CONFIG, FAMILY, SuperSimpleNet, make_config
-from core.models.map_sources import MAP_SOURCES
+from core.models.map_sources import CHOICE, MAP_SOURCES, map_choice
 from core.models.supersimplenet.torch_model import (DEFAULT_SCORE_TOP_SHARE, SCORE_SOURCES, GaussianSmoothing,
                                                     score_source)
 from core.models.supersimplenet.loss import focal_loss, segmentation_loss, top_cells_loss
@@ -112,6 +112,13 @@ DEFAULTS: dict = {
     # segmentation map: its classification head learns only from noise, and its activation map ranked defect
     # pixels worse than the segmentation map on mtd/train.
     "map_from": "auto",
+    # With map_from "both": choose the map per image (core.models.map_sources.chosen_map): the segmentation map where
+    # its peak exceeds this multiple of its own pixel threshold, else "both" (0: always "both"). The noise-trained
+    # segmentation head draws blowholes tightly where it is confident, "both" draws them wide but finds the large
+    # defects. Chosen on held-out halves of mtd/train (packages of "Weak regime: both heads' maps", scratch
+    # /tmp/s34/mapchoice.py): mIoU 0.132 / 0.144 ("both") -> 0.194 / 0.176 (1.2), 0.206 / 0.189 (1.3), 0.186 / 0.176
+    # (1.4); docs/results.md, "Weak regime: the segmentation map where it is confident".
+    "map_choice_peak_ratio": {"unsupervised": 0.0, "weak": 1.3, "mixed": 0.0, "full": 0.0},
     # What the image score is (core.models.supersimplenet.torch_model.SCORE_SOURCES): "auto" is UNSUPERVISED_SCORE_FROM
     # for unsupervised and the papers' "classifier" for the others. The unsupervised classification head learns
     # only to tell real features from noised ones, and on mtd the mean of the map's top 1 % of pixels ranked images
@@ -480,6 +487,9 @@ def _settings(options: TrainOptions, device: torch.device) -> dict:
         settings["map_from"] = WEAK_MAP_FROM if options.supervision == "weak" else "segmentation"
     if settings["map_from"] not in MAP_SOURCES:
         raise TrainingError(f"map_from must be 'auto' or one of {MAP_SOURCES}, got {settings['map_from']!r}")
+    settings["map_choice_peak_ratio"] = float(_regime_value(settings["map_choice_peak_ratio"], options.supervision))
+    if settings["map_choice_peak_ratio"] < 0:
+        raise TrainingError(f"map_choice_peak_ratio must be 0 (off) or above, got {settings['map_choice_peak_ratio']}")
     if settings["score_from"] == "auto":
         settings["score_from"] = UNSUPERVISED_SCORE_FROM if options.supervision == "unsupervised" else "classifier"
     if settings["score_from"] not in SCORE_SOURCES:
@@ -643,6 +653,38 @@ def _calibrate_cross_fitted(network: SuperSimpleNet, cache: FeatureCache, target
     return scored
 
 
+def _choose_maps_per_image(network: SuperSimpleNet, config: dict, cache: FeatureCache, training: TrainingSet,
+                           size: tuple[int, int], device: torch.device, views: tuple[str, ...],
+                           thresholds: Thresholds, peak_ratio: float) -> tuple[Thresholds, dict]:
+    """Switch a network that makes the "both" map to the per-image choice (map_sources.CHOICE) in ``network.config``
+    and ``config`` (the package's). The "both" map's threshold is the one just calibrated; the segmentation map's
+    is set by the same rule (core.inference.calibration.pixel_threshold) on the shipped network's segmentation maps
+    of the good training images. Returns the thresholds with the pixel threshold at 0.5, where the centred maps put
+    each one's own, and a record for model.json; with a threshold the choice cannot centre at (0 or 1), the network
+    keeps "both" and the thresholds are returned as they were."""
+    good = np.flatnonzero((training.labels == 0) & np.asarray(training.use_mask, bool))
+    record = {"peak_ratio": peak_ratio, "both_threshold_from": "the calibrated pixel threshold of the 'both' map",
+              "segmentation_threshold_from": f"the shipped network's segmentation maps of {good.size} good "
+                                             "training images"}
+    if good.size == 0:
+        return thresholds, {**record, "note": "no good training images: the map stays 'both'"}
+    network.config["map_from"] = "segmentation"
+    try:
+        seg = _Scored(views=views)
+        seg.add(network, cache, good, training.subset(good), size, device)
+    finally:
+        network.config["map_from"] = "both"
+    choice = {"segmentation_threshold": pixel_threshold(seg.maps, seg.masks), "both_threshold": float(thresholds.pixel),
+              "peak_ratio": float(peak_ratio)}
+    try:
+        map_choice({"map_choice": choice})
+    except ValueError as exc:
+        return thresholds, {**record, **choice, "note": f"the map stays 'both': {exc}"}
+    for target in (network.config, config):
+        target["map_from"], target["map_choice"] = CHOICE, dict(choice)
+    return replace(thresholds, pixel=0.5), {**record, **choice}
+
+
 def _score_unused_defects(network: SuperSimpleNet, training: TrainingSet, train_split: list[Sample],
                           options: TrainOptions, size: tuple[int, int], device: torch.device,
                           views: tuple[str, ...], report) -> _Scored | None:
@@ -739,6 +781,11 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
         own = _calibrate_fitted(network, cache, training, size, device, views)
         own.extend(unseen)
     thresholds = scored.thresholds(pixel_from=own)
+    choice_record = None
+    if settings["map_from"] == "both" and settings["map_choice_peak_ratio"] > 0:
+        report_after_fit(1.0, "choosing the map per image: setting the segmentation map's own threshold")
+        thresholds, choice_record = _choose_maps_per_image(network, config, cache, training, size, device, views,
+                                                           thresholds, settings["map_choice_peak_ratio"])
     refinement, refinement_record = None, {"note": "refine_masks is off" if not settings["refine_masks"]
                                            else "no training masks to choose a mask refinement on"}
     if refining:
@@ -754,6 +801,8 @@ def train(dataset: Dataset, options: TrainOptions, progress: Progress) -> Path:
     meta["calibration"] = describe(crossfit, scored.image_labels, settings["calibration_folds"], scored.image_scores,
                                    thresholds, source=source)
     meta["calibration"]["mask_refinement"] = refinement_record
+    if choice_record is not None:
+        meta["calibration"]["map_choice"] = choice_record
     if refinement is not None:
         meta["mask_refinement"] = refinement.to_dict()
     meta["test_time_flips"] = list(views)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models.backbones import backbone_channels, build_backbone
-from core.models.map_sources import joined_map, map_source
+from core.models.map_sources import configured_map, map_source
 
 CPU_CONFIG: dict = {"feature_scale": 1, "seg_width": 256, "cls_channels": 128, "cls_pool": 2, "smooth_sigma": 4.0}
 # What the image score is (SuperSimpleNet.outputs); packages without "score_from" read as "classifier".
@@ -184,7 +184,8 @@ class SuperSimpleNet(nn.Module):
         config["map_from"] says (core.models.map_sources; absent: "segmentation", the papers' map):
         segmentation: the segmentation head's map;
         classifier: score * sigmoid(the classification head's activation map), resized and smoothed alike;
-        both: the geometric mean of the two.
+        both: the geometric mean of the two;
+        choice: per image the segmentation map or "both", each centred at its threshold (map_sources.chosen_map).
         The score is the classification head's, or with config["score_from"] "map" the mean of the map's highest
         config["score_top_share"] of pixels (then, with the segmentation map, the classification head is not run)."""
         map_logits = self.seg_head(adapted)
@@ -197,7 +198,7 @@ class SuperSimpleNet(nn.Module):
         def classifier() -> torch.Tensor:
             return self.anomaly_map(self.cls_head.activation_map(activations), size) * score.view(-1, 1, 1, 1)
 
-        anomaly_map = joined_map(source, lambda: self.anomaly_map(map_logits, size), classifier)
+        anomaly_map = configured_map(self.config, lambda: self.anomaly_map(map_logits, size), classifier)
         if score_from == "map":
             score = top_share_mean(anomaly_map, float(self.config.get("score_top_share", DEFAULT_SCORE_TOP_SHARE)))
         return anomaly_map, score
