@@ -115,9 +115,10 @@ DEFAULTS: dict = {
     # With map_from "both": choose the map per image (core.models.map_sources.chosen_map): the segmentation map where
     # its peak exceeds this multiple of its own pixel threshold, else "both" (0: always "both"). The noise-trained
     # segmentation head draws blowholes tightly where it is confident, "both" draws them wide but finds the large
-    # defects. Chosen on held-out halves of mtd/train (packages of "Weak regime: both heads' maps", scratch
-    # /tmp/s34/mapchoice.py): mIoU 0.132 / 0.144 ("both") -> 0.194 / 0.176 (1.2), 0.206 / 0.189 (1.3), 0.186 / 0.176
-    # (1.4); docs/results.md, "Weak regime: the segmentation map where it is confident".
+    # defects. Chosen on held-out halves of mtd/train (runs/s33/h_pool2_halfA and _halfB: weak packages with the
+    # defaults, each trained on one half and measured on the other; scratch /tmp/s34/mapchoice.py): mIoU 0.132 /
+    # 0.144 ("both") -> 0.194 / 0.176 (1.2), 0.206 / 0.189 (1.3), 0.186 / 0.176 (1.4); docs/results.md, "Weak regime:
+    # the segmentation map where it is confident".
     "map_choice_peak_ratio": {"unsupervised": 0.0, "weak": 1.3, "mixed": 0.0, "full": 0.0},
     # What the image score is (core.models.supersimplenet.torch_model.SCORE_SOURCES): "auto" is UNSUPERVISED_SCORE_FROM
     # for unsupervised and the papers' "classifier" for the others. The unsupervised classification head learns
