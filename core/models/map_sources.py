@@ -95,8 +95,8 @@ def joined_map(source: str, segmentation: Callable[[], torch.Tensor], classifier
     if source == CHOICE:
         if choice is None:
             raise ValueError(f"map source {CHOICE!r} needs the package's map_choice")
-        seg = segmentation()
-        return chosen_map(seg, torch.sqrt(seg * classifier()), choice)
+        seg = segmentation()  # computed once for both branches; "both" as above, the map its threshold was set on
+        return chosen_map(seg, joined_map("both", lambda: seg, classifier), choice)
     raise ValueError(f"map source {source!r} is not one of {MAP_SOURCES + (CHOICE,)}")
 
 
